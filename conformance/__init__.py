@@ -1,0 +1,1 @@
+"""Conformance scenarios that drive a client and a CloudHSM-like target."""

@@ -1,0 +1,179 @@
+"""Inner messages: deterministic CBOR maps carried in the inner TLS stream.
+
+Inside the HSM channel each message is ``u32 length | CBOR map``. A request is
+``{"id": uint, "op": text, "args": map}``; a response is
+``{"id": uint, "status": uint, "result": any}``. Ids correlate responses with
+requests, so a client may keep many requests in flight on one channel and the
+HSM may answer them in any order. Unknown keys are ignored (forward
+compatibility); an unknown op is answered with ``Status.UNKNOWN_OP``.
+
+Encoding is canonical CBOR (RFC 8949 §4.2.1), so equal messages are equal bytes
+and the golden vectors can pin them. Decoding refuses duplicate map keys, tags,
+floats and anything deeper than :data:`MAX_DEPTH`: the HSM speaks only maps,
+arrays, text, bytes, integers, booleans and null.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from protocol.errors import MessageError
+
+#: Largest inner message. The biggest legitimate payloads are RSA-4096 key
+#: imports, wrapped keys and in-HSM data (CloudHSM caps HSM-side data near
+#: 16 KiB); signing with local hashing sends only digests. 1 MiB bounds memory
+#: per channel while leaving headroom for bulk operations such as audit reads.
+MAX_MESSAGE_SIZE = 1024 * 1024
+
+#: Deepest nesting a message may have; the schema never goes past 6.
+MAX_DEPTH = 16
+
+#: Longest op name.
+MAX_OP_LENGTH = 64
+
+#: Request ids are unsigned 64-bit.
+MAX_REQUEST_ID = 2**64 - 1
+
+_LENGTH = struct.Struct(">I")
+
+_SCALARS = (str, bytes, bool, int, type(None))
+
+
+def _check_value(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise MessageError(f"message nested deeper than {MAX_DEPTH}")
+    if isinstance(value, _SCALARS):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**64) <= value < 2**64:
+                raise MessageError("integer outside the 64-bit range")
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_value(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise MessageError("map keys must be text or integers")
+            _check_value(item, depth + 1)
+        return
+    raise MessageError(f"type {type(value).__name__} is not allowed on the wire")
+
+
+def encode_cbor(value: Any) -> bytes:
+    """Canonical CBOR of a wire value (validated first)."""
+    _check_value(value, 0)
+    return cbor2.dumps(value, canonical=True)
+
+
+def decode_cbor(data: bytes) -> Any:
+    """Decode wire CBOR strictly: no duplicate keys, tags, floats or trailing bytes."""
+    stream = io.BytesIO(data)
+    try:
+        decoder = cbor2.CBORDecoder(stream, allow_duplicate_keys=False, max_depth=MAX_DEPTH + 2)
+        value = decoder.decode()
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise MessageError(f"invalid CBOR: {exc}") from None
+    if stream.tell() != len(data):
+        # cbor2.loads would ignore what follows the first item; a message is exactly one.
+        raise MessageError(f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
+    _check_value(value, 0)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "op": self.op, "args": self.args}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    id: int
+    status: int
+    result: Any = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "result": self.result}
+
+
+def _require(body: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in body:
+        raise MessageError(f"message lacks {key!r}")
+    value = body[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MessageError(f"{key!r} has the wrong type")
+    return value
+
+
+def parse_request(body: Any) -> Request:
+    if not isinstance(body, dict):
+        raise MessageError("a request must be a CBOR map")
+    rid = _require(body, "id", int)
+    if not 0 <= rid <= MAX_REQUEST_ID:
+        raise MessageError("request id out of range")
+    op = _require(body, "op", str)
+    if not 0 < len(op) <= MAX_OP_LENGTH:
+        raise MessageError("op name empty or too long")
+    args = body.get("args", {})
+    if not isinstance(args, dict):
+        raise MessageError("'args' must be a map")
+    return Request(rid, op, args)
+
+
+def parse_response(body: Any) -> Response:
+    if not isinstance(body, dict):
+        raise MessageError("a response must be a CBOR map")
+    rid = _require(body, "id", int)
+    status = _require(body, "status", int)
+    return Response(rid, status, body.get("result"))
+
+
+def encode_message(message: Request | Response) -> bytes:
+    """Length-prefixed canonical CBOR of one message."""
+    body = encode_cbor(message.to_wire())
+    if len(body) > MAX_MESSAGE_SIZE:
+        raise MessageError(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    return _LENGTH.pack(len(body)) + body
+
+
+class MessageDecoder:
+    """Sans-IO splitter of the inner plaintext stream into decoded CBOR bodies."""
+
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
+        self._buffer = bytearray()
+        self._max = max_size
+
+    def receive_data(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_body(self) -> Any | None:
+        if len(self._buffer) < 4:
+            return None
+        (length,) = _LENGTH.unpack_from(self._buffer)
+        if length == 0 or length > self._max:
+            raise MessageError(f"message length {length} outside 1..{self._max}")
+        if len(self._buffer) < 4 + length:
+            return None
+        raw = bytes(self._buffer[4 : 4 + length])
+        del self._buffer[: 4 + length]
+        return decode_cbor(raw)
+
+    def bodies(self) -> list[Any]:
+        out: list[Any] = []
+        while (body := self.next_body()) is not None:
+            out.append(body)
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)

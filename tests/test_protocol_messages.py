@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol import FrameDecoder, FrameType, MessageDecoder, Request, encode_frame, encode_message
+from protocol.errors import FrameError, MessageError
+from protocol.messages import decode_cbor, parse_request
+from protocol.ops import SHAPES, Op
+from protocol.status import Status
+
+
+def test_every_op_has_a_documented_shape() -> None:
+    assert set(SHAPES) == set(Op)
+
+
+def test_every_status_has_texts() -> None:
+    for status in Status:
+        assert status.info.hsm_text
+
+
+def test_request_round_trip_is_canonical() -> None:
+    request = Request(7, "crypto.sign", {"data": b"\x00" * 4, "key_reference": 0x640006})
+    wire = encode_message(request)
+    decoder = MessageDecoder()
+    decoder.receive_data(wire[:3])
+    assert decoder.next_body() is None
+    decoder.receive_data(wire[3:])
+    body = decoder.next_body()
+    assert parse_request(body) == request
+    assert encode_message(parse_request(body)) == wire
+
+
+@pytest.mark.parametrize(
+    ("hex_cbor", "reason"),
+    [
+        ("a2616101616101", "Duplicate"),
+        ("c11a514b67b0", "not allowed"),
+        ("a1616101ff", "trailing"),
+        ("fb3ff0000000000000", "not allowed"),
+        ("ff", "invalid CBOR"),
+    ],
+)
+def test_strict_decoding_refuses(hex_cbor: str, reason: str) -> None:
+    with pytest.raises(MessageError, match=reason):
+        decode_cbor(bytes.fromhex(hex_cbor))
+
+
+def test_frame_decoder_refuses_oversized_and_unknown() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(b"\xff\xff\xff\xff\x03")
+    with pytest.raises(FrameError, match="length"):
+        decoder.next_frame()
+    decoder = FrameDecoder()
+    decoder.receive_data(b"\x00\x00\x00\x01\x7f")
+    with pytest.raises(FrameError, match="unknown frame type"):
+        decoder.next_frame()
+
+
+@given(st.binary(max_size=200_000))
+def test_tls_payloads_survive_framing(payload: bytes) -> None:
+    from protocol.framing import encode_tls
+
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_tls(payload))
+    frames = decoder.frames()
+    assert all(f.type is FrameType.TLS for f in frames)
+    assert b"".join(f.payload for f in frames) == payload
+    assert decoder.pending == 0
+
+
+def test_control_frames_are_capped() -> None:
+    with pytest.raises(FrameError):
+        encode_frame(FrameType.HELLO, b"x" * 2000)
