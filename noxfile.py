@@ -27,8 +27,14 @@ def conformance(session: nox.Session) -> None:
     """The conformance suite alone, with its report."""
     _install(session, "test")
     session.run(
-        "pytest", "--pyargs", "conformance", "-n", "auto",
-        "--conformance-report", "reports/conformance.md", *session.posargs,
+        "pytest",
+        "--pyargs",
+        "conformance",
+        "-n",
+        "auto",
+        "--conformance-report",
+        "reports/conformance.md",
+        *session.posargs,
     )
 
 

@@ -16,7 +16,9 @@ import benchmarks
 
 def main(argv: list[str] | None = None) -> int:
     names = argv if argv is not None else sys.argv[1:]
-    available = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
+    available = sorted(
+        m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_")
+    )
     chosen = names or available
     unknown = [n for n in chosen if n not in available]
     if unknown:

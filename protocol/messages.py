@@ -48,9 +48,8 @@ def _check_value(value: Any, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise MessageError(f"message nested deeper than {MAX_DEPTH}")
     if isinstance(value, _SCALARS):
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not -(2**64) <= value < 2**64:
-                raise MessageError("integer outside the 64-bit range")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**64) <= value < 2**64:
+            raise MessageError("integer outside the 64-bit range")
         return
     if isinstance(value, list):
         for item in value:

@@ -198,8 +198,7 @@ SHAPES: dict[Op, OpShape] = {
         "{as crypto.sign, plus signature: bytes}", "{} or status SIGNATURE_INVALID"
     ),
     Op.CRYPTO_ENCRYPT: OpShape(
-        "{key_reference, mechanism, data: bytes, iv?, aad?, tag_length_bits?, hash?, mgf?, "
-        "label?}",
+        "{key_reference, mechanism, data: bytes, iv?, aad?, tag_length_bits?, hash?, mgf?, label?}",
         "{data: bytes, iv?: bytes}",
     ),
     Op.CRYPTO_DECRYPT: OpShape("{as crypto.encrypt}", "{data: bytes}"),

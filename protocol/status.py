@@ -111,7 +111,9 @@ _INFO: dict[Status, StatusInfo] = {
         "Incorrect authentication credentials",
     ),
     Status.LOGIN_FAILURE: _S(
-        "HSM Error: RET_USER_LOGIN_FAILURE", CKR_PIN_INCORRECT, "Incorrect authentication credentials"
+        "HSM Error: RET_USER_LOGIN_FAILURE",
+        CKR_PIN_INCORRECT,
+        "Incorrect authentication credentials",
     ),
     Status.INVALID_HANDLE: _S(
         "HSM Error: Invalid object handle is passed to this operation",
@@ -149,10 +151,10 @@ _INFO: dict[Status, StatusInfo] = {
     Status.ALREADY_LOGGED_IN: _S(
         "HSM Error: User already logged in", CKR_USER_ALREADY_LOGGED_IN, "User is already logged in"
     ),
-    Status.USER_LOCKED: _S(
-        "HSM Error: RET_USER_LOCKED", CKR_PIN_LOCKED, "User is locked out"
+    Status.USER_LOCKED: _S("HSM Error: RET_USER_LOCKED", CKR_PIN_LOCKED, "User is locked out"),
+    Status.USER_EXISTS: _S(
+        "HSM Error: User already exists", CKR_FUNCTION_FAILED, "User already exists"
     ),
-    Status.USER_EXISTS: _S("HSM Error: User already exists", CKR_FUNCTION_FAILED, "User already exists"),
     Status.USER_OWNS_KEYS: _S(
         "HSM Error: User owns keys and cannot be deleted",
         CKR_FUNCTION_FAILED,
@@ -162,10 +164,14 @@ _INFO: dict[Status, StatusInfo] = {
         "HSM Error: User is currently logged in", CKR_FUNCTION_FAILED, "User is currently logged in"
     ),
     Status.USER_QUOTA_EXCEEDED: _S(
-        "HSM Error: Maximum number of users reached", CKR_DEVICE_MEMORY, "Maximum number of users reached"
+        "HSM Error: Maximum number of users reached",
+        CKR_DEVICE_MEMORY,
+        "Maximum number of users reached",
     ),
     Status.KEY_QUOTA_EXCEEDED: _S(
-        "HSM Error: Maximum number of keys reached", CKR_DEVICE_MEMORY, "Maximum number of keys reached"
+        "HSM Error: Maximum number of keys reached",
+        CKR_DEVICE_MEMORY,
+        "Maximum number of keys reached",
     ),
     Status.QUORUM_REQUIRED: _S(
         "HSM Error: RET_MXN_AUTH_FAILED",
@@ -204,7 +210,9 @@ _INFO: dict[Status, StatusInfo] = {
         "Signature verification failed",
     ),
     Status.ALREADY_ACTIVATED: _S(
-        "HSM Error: Cluster already activated", CKR_FUNCTION_FAILED, "Cluster has already been activated"
+        "HSM Error: Cluster already activated",
+        CKR_FUNCTION_FAILED,
+        "Cluster has already been activated",
     ),
     Status.NOT_ACTIVATED: _S(
         "HSM Error: Cluster not activated",
@@ -243,7 +251,9 @@ _INFO: dict[Status, StatusInfo] = {
         "HSM Error: Quorum token not found", CKR_FUNCTION_FAILED, "Quorum token not found"
     ),
     Status.MTLS_REQUIRED: _S(
-        "HSM Error: mTLS connection required", CKR_FUNCTION_FAILED, "This operation requires an mTLS connection"
+        "HSM Error: mTLS connection required",
+        CKR_FUNCTION_FAILED,
+        "This operation requires an mTLS connection",
     ),
     Status.WRAPPING_KEY_NOT_TRUSTED: _S(
         "HSM Error: Key Access is denied",
