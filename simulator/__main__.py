@@ -1,0 +1,5 @@
+"""``python -m simulator`` is ``cloudhsm-local``."""
+
+from simulator.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,419 @@
+"""``cloudhsm-local``: run a simulated CloudHSM cluster and drive its control plane.
+
+Commands::
+
+    cloudhsm-local up [--hsms 3] [--hsm-type hsm2m.medium] [--data-dir DIR] [--no-initialize]
+                      [--customer-ca-cert F --customer-ca-key F] [--ready-file PATH] [--host H]
+    cloudhsm-local cluster describe [--data-dir DIR | --endpoint URL] [--cluster-id ID]
+    cloudhsm-local cluster csr [--data-dir DIR | --endpoint URL] [--cluster-id ID] [--out F]
+    cloudhsm-local cluster initialize --signed-cert F --trust-anchor F [--data-dir DIR | --endpoint URL]
+
+``up`` creates (or reopens) the cluster in the data directory, runs the
+initialization ceremony unless told not to, writes the files a client needs and
+serves until SIGINT or SIGTERM. The ``cluster`` commands are thin clients of the
+control-plane API (the same requests ``aws cloudhsmv2`` would send).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from simulator import pki
+from simulator.cluster import (
+    AWS_ROOT_FILE,
+    CLIENT_CONFIG_FILE,
+    CLUSTER_FILE,
+    CUSTOMER_CA_FILE,
+    CUSTOMER_CA_KEY_FILE,
+    HSM_TYPES,
+    MANUFACTURER_ROOT_FILE,
+    MAX_HSMS,
+    ClusterError,
+    LocalCluster,
+)
+from simulator.errors import SimulatorError
+
+DEFAULT_DATA_DIR = Path("cloudhsm-local-data")
+
+#: Seconds to wait for every server host to accept a TCP connection.
+READY_TIMEOUT = 30.0
+
+#: Seconds a control-plane request may take.
+API_TIMEOUT = 30.0
+
+
+class CommandError(Exception):
+    """A command failed in a way the user can fix; the message says how."""
+
+
+# -- up ------------------------------------------------------------------------------
+
+
+def _load_customer_ca(args: argparse.Namespace, data_dir: Path) -> tuple[pki.Credential, bool]:
+    """The customer CA for the ceremony and whether it was generated here."""
+    if bool(args.customer_ca_cert) != bool(args.customer_ca_key):
+        raise CommandError("--customer-ca-cert and --customer-ca-key must be given together")
+    if args.customer_ca_cert:
+        try:
+            ca = pki.Credential.read(Path(args.customer_ca_cert), Path(args.customer_ca_key))
+            _ = ca.cert, ca.key
+        except (OSError, ValueError, pki.CertificateRejected) as exc:
+            raise CommandError(f"cannot load the customer CA: {exc}") from None
+        try:
+            pki.check_trust_anchor(ca.cert_pem.decode())
+        except pki.CertificateRejected as exc:
+            raise CommandError(f"the customer CA cannot be a trust anchor: {exc.message}") from None
+        if pki.public_key_pem(ca.cert.public_key()) != pki.public_key_pem(ca.key.public_key()):
+            raise CommandError("--customer-ca-key is not the key of --customer-ca-cert")
+        return ca, False
+    cert_path, key_path = data_dir / CUSTOMER_CA_FILE, data_dir / CUSTOMER_CA_KEY_FILE
+    if cert_path.exists() and key_path.exists():
+        return pki.Credential.read(cert_path, key_path), False
+    return pki.generate_customer_ca(), True
+
+
+async def _wait_accepting(cluster: LocalCluster) -> None:
+    """Return once every HSM's server host accepts a TCP connection."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT
+    for hsm_id, host, port in cluster.addresses():
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                if loop.time() > deadline:
+                    raise CommandError(
+                        f"HSM {hsm_id} does not accept connections on {host}:{port}"
+                    ) from None
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            break
+
+
+def _summary(cluster: LocalCluster, data_dir: Path, config_path: Path) -> str:
+    lines = [
+        f"cloudhsm-local: cluster {cluster.cluster_id} ({cluster.record.hsm_type}) is {cluster.state}",
+        f"  data dir       {data_dir}",
+        f"  control plane  {cluster.control_plane_url}   (BaldrApiService, any credentials)",
+    ]
+    for hsm_id, host, port in cluster.addresses():
+        lines.append(f"  {hsm_id}  {host}:{port}")
+    lines += [
+        "",
+        "Connect with:",
+        f"  export CLOUDHSM_CONFIG={config_path}",
+        "  cloudhsm-cli cluster hsm-info",
+    ]
+    if cluster.state == "UNINITIALIZED":
+        lines += [
+            "",
+            "The cluster is UNINITIALIZED. Do the ceremony (docs/ceremony.md):",
+            f"  cloudhsm-local cluster csr --data-dir {data_dir} --out {cluster.cluster_id}_ClusterCsr.csr",
+            "  openssl x509 -req -days 3652 -in <id>_ClusterCsr.csr -CA customerCA.crt "
+            "-CAkey customerCA.key -CAcreateserial -out <id>_CustomerHsmCertificate.crt",
+            f"  cloudhsm-local cluster initialize --data-dir {data_dir} "
+            "--signed-cert <id>_CustomerHsmCertificate.crt --trust-anchor customerCA.crt",
+        ]
+    elif cluster.state == "INITIALIZED":
+        lines += [
+            "  cloudhsm-cli cluster activate      (the unactivated admin is admin/password)",
+        ]
+    lines += ["", "Stop with Ctrl-C (or SIGTERM)."]
+    return "\n".join(lines)
+
+
+def _ready_document(cluster: LocalCluster, data_dir: Path, config_path: Path) -> dict[str, Any]:
+    return {
+        "cluster_id": cluster.cluster_id,
+        "state": cluster.state,
+        "hsm_type": cluster.record.hsm_type,
+        "hsms": [
+            {"hsm_id": hsm_id, "host": host, "port": port}
+            for hsm_id, host, port in cluster.addresses()
+        ],
+        "control_plane_endpoint": cluster.control_plane_url,
+        "data_dir": str(data_dir),
+        "config_path": str(config_path),
+        "customer_ca_file": str(data_dir / CUSTOMER_CA_FILE),
+        "server_ca_file": str(data_dir / AWS_ROOT_FILE),
+        "pid": os.getpid(),
+    }
+
+
+async def _up(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir_path
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    reopened = (data_dir / CLUSTER_FILE).exists()
+    cluster = await LocalCluster.create(
+        data_dir, hsms=args.hsms, hsm_type=args.hsm_type, host=args.host
+    )
+    if reopened and len(cluster.record.hsms) != args.hsms and args.hsms_given:
+        print(
+            f"cloudhsm-local: reopening {data_dir}: the cluster has {len(cluster.record.hsms)} HSMs "
+            f"(--hsms {args.hsms} applies only to a new cluster)",
+            file=sys.stderr,
+        )
+    await cluster.start()
+    try:
+        if not args.no_initialize and cluster.state == "UNINITIALIZED":
+            ca, generated = await asyncio.to_thread(_load_customer_ca, args, data_dir)
+            await cluster.initialize_with(ca)
+            pki.write_public(data_dir / CUSTOMER_CA_FILE, ca.cert_pem)
+            if generated:
+                pki.write_private(data_dir / CUSTOMER_CA_KEY_FILE, ca.key_pem)
+        elif cluster.state == "INITIALIZE_IN_PROGRESS":
+            await cluster.wait_initialized()
+        if cluster.record.trust_anchor and not (data_dir / CUSTOMER_CA_FILE).exists():
+            # Initialized by hand: the trust anchor the user uploaded is the customer CA.
+            pki.write_public(data_dir / CUSTOMER_CA_FILE, cluster.record.trust_anchor.encode())
+        pki.write_public(data_dir / AWS_ROOT_FILE, cluster.aws_root_pem)
+        pki.write_public(data_dir / MANUFACTURER_ROOT_FILE, cluster.manufacturer_root_pem)
+        config_path = cluster.write_client_config(data_dir / CLIENT_CONFIG_FILE)
+        await cluster.refresh_state()
+        await _wait_accepting(cluster)
+        print(_summary(cluster, data_dir, config_path), flush=True)
+        if args.ready_file:
+            document = json.dumps(_ready_document(cluster, data_dir, config_path), indent=2)
+            pki.write_public(args.ready_file_path, (document + "\n").encode())
+        await stop.wait()
+        print("cloudhsm-local: shutting down", flush=True)
+    finally:
+        await cluster.stop()
+    return 0
+
+
+# -- the control-plane client commands ------------------------------------------------
+
+
+def _endpoint(args: argparse.Namespace) -> str:
+    if args.endpoint:
+        return str(args.endpoint).rstrip("/")
+    data_dir = Path(args.data_dir)
+    try:
+        record = json.loads((data_dir / CLUSTER_FILE).read_text())
+    except FileNotFoundError:
+        raise CommandError(
+            f"{data_dir / CLUSTER_FILE} does not exist; is `cloudhsm-local up --data-dir "
+            f"{data_dir}` running? (or pass --endpoint)"
+        ) from None
+    port = record.get("control_plane_port")
+    if not port:
+        raise CommandError(f"the cluster in {data_dir} has not served a control plane yet")
+    host = record.get("host", "127.0.0.1")
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def _default_cluster_id(args: argparse.Namespace) -> str | None:
+    if args.cluster_id:
+        return str(args.cluster_id)
+    if args.endpoint:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((Path(args.data_dir) / CLUSTER_FILE).read_text())
+        return str(record["cluster_id"])
+    return None
+
+
+def call_api(endpoint: str, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One awsJson1.1 request to the control plane; raises CommandError on an API error."""
+    request = urllib.request.Request(  # noqa: S310 - the endpoint is the user's own simulator
+        endpoint + "/",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": f"BaldrApiService.{operation}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=API_TIMEOUT) as response:  # noqa: S310
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())
+            raise CommandError(
+                f"An error occurred ({error.get('__type', exc.code)}) when calling the "
+                f"{operation} operation: {error.get('message', '')}"
+            ) from None
+        except ValueError:
+            raise CommandError(f"{operation} failed with HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise CommandError(f"cannot reach the control plane at {endpoint}: {exc}") from None
+
+
+def _resolve_cluster_id(args: argparse.Namespace, endpoint: str) -> str:
+    cluster_id = _default_cluster_id(args)
+    if cluster_id:
+        return cluster_id
+    clusters = call_api(endpoint, "DescribeClusters", {}).get("Clusters", [])
+    if len(clusters) != 1:
+        raise CommandError(f"{len(clusters)} clusters at {endpoint}; choose one with --cluster-id")
+    return str(clusters[0]["ClusterId"])
+
+
+def _describe(args: argparse.Namespace) -> int:
+    endpoint = _endpoint(args)
+    body: dict[str, Any] = {}
+    if args.cluster_id:
+        body["Filters"] = {"clusterIds": [args.cluster_id]}
+    clusters: list[dict[str, Any]] = []
+    while True:
+        page = call_api(endpoint, "DescribeClusters", body)
+        clusters += page.get("Clusters", [])
+        if not page.get("NextToken"):
+            break
+        body["NextToken"] = page["NextToken"]
+    print(json.dumps({"Clusters": clusters}, indent=4))
+    return 0
+
+
+def _csr(args: argparse.Namespace) -> int:
+    endpoint = _endpoint(args)
+    cluster_id = _resolve_cluster_id(args, endpoint)
+    page = call_api(endpoint, "DescribeClusters", {"Filters": {"clusterIds": [cluster_id]}})
+    clusters = page.get("Clusters", [])
+    if not clusters:
+        raise CommandError(f"cluster {cluster_id} not found at {endpoint}")
+    csr = clusters[0].get("Certificates", {}).get("ClusterCsr")
+    if not csr:
+        raise CommandError(
+            f"cluster {cluster_id} has no ClusterCsr (state {clusters[0].get('State')}); "
+            "the CSR exists only while the cluster is UNINITIALIZED"
+        )
+    if args.out:
+        pki.write_public(Path(args.out), csr.encode())
+    else:
+        sys.stdout.write(csr)
+    return 0
+
+
+def _read_pem(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _initialize(args: argparse.Namespace) -> int:
+    endpoint = _endpoint(args)
+    cluster_id = _resolve_cluster_id(args, endpoint)
+    answer = call_api(
+        endpoint,
+        "InitializeCluster",
+        {
+            "ClusterId": cluster_id,
+            "SignedCert": _read_pem(args.signed_cert, "--signed-cert"),
+            "TrustAnchor": _read_pem(args.trust_anchor, "--trust-anchor"),
+        },
+    )
+    print(json.dumps(answer, indent=4))
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------
+
+
+def _positive_hsms(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= MAX_HSMS:
+        raise argparse.ArgumentTypeError(f"a cluster holds 1 to {MAX_HSMS} HSMs")
+    return value
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help="data directory of a running `cloudhsm-local up` (default: %(default)s)",
+    )
+    target.add_argument("--endpoint", help="control-plane URL, e.g. http://127.0.0.1:PORT")
+    parser.add_argument("--cluster-id", help="the cluster (default: the data directory's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloudhsm-local",
+        description="A local, simulated AWS CloudHSM cluster.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="create or reopen a cluster and serve it until stopped")
+    up.add_argument("--hsms", type=_positive_hsms, default=None, help="number of HSMs (default 3)")
+    up.add_argument("--hsm-type", choices=HSM_TYPES, default="hsm2m.medium")
+    up.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    up.add_argument(
+        "--no-initialize",
+        action="store_true",
+        help="leave the cluster UNINITIALIZED for the ceremony by hand",
+    )
+    up.add_argument("--customer-ca-cert", help="your customer CA certificate (PEM)")
+    up.add_argument("--customer-ca-key", help="your customer CA private key (PEM, unencrypted)")
+    up.add_argument("--ready-file", help="write a JSON document here once every HSM is reachable")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+
+    cluster = commands.add_parser("cluster", help="control-plane operations on a running cluster")
+    actions = cluster.add_subparsers(dest="action", required=True)
+    describe = actions.add_parser("describe", help="DescribeClusters, printed as JSON")
+    _add_target(describe)
+    csr = actions.add_parser(
+        "csr", help="print (or --out) the ClusterCsr of an UNINITIALIZED cluster"
+    )
+    _add_target(csr)
+    csr.add_argument("--out", help="write the CSR to this file")
+    initialize = actions.add_parser(
+        "initialize", help="InitializeCluster with a signed certificate"
+    )
+    _add_target(initialize)
+    initialize.add_argument("--signed-cert", required=True, help="the CSR signed by your CA (PEM)")
+    initialize.add_argument("--trust-anchor", required=True, help="your CA's certificate (PEM)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            args.hsms_given = args.hsms is not None
+            if args.hsms is None:
+                args.hsms = 3
+            args.data_dir_path = Path(args.data_dir).absolute()
+            args.ready_file_path = Path(args.ready_file).absolute() if args.ready_file else None
+            return asyncio.run(_up(args))
+        handlers = {"describe": _describe, "csr": _csr, "initialize": _initialize}
+        return handlers[args.action](args)
+    except CommandError as exc:
+        print(f"cloudhsm-local: {exc}", file=sys.stderr)
+        return 1
+    except (ClusterError, pki.CertificateRejected) as exc:
+        print(f"cloudhsm-local: {exc.message}", file=sys.stderr)
+        return 1
+    except SimulatorError as exc:
+        print(f"cloudhsm-local: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A port in use, an unreadable data directory: say so without a traceback.
+        print(f"cloudhsm-local: {exc}", file=sys.stderr)
+        return 1

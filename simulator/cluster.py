@@ -1,0 +1,833 @@
+"""A local cluster: HSMs, their server hosts, the trust path and the lifecycle.
+
+:class:`LocalCluster` is what ``cloudhsm-local up`` runs and what the pytest
+fixtures start. It owns a data directory::
+
+    DIR/cluster.json                 state (ids, states, ports, certificates), written atomically
+    DIR/keys/cluster.key             the cluster key (CSR, HsmCertificate, cluster certificate), 0600
+    DIR/keys/masking.key             the masking key shared by the cluster's HSMs, 0600
+    DIR/pki/*.crt|*.key              the simulated vendor roots (keys 0600)
+    DIR/hsms/<hsm-id>/               hardware key and certificates, host certificate, hsm.db
+    DIR/AWS_CloudHSM_Root-G1.crt     the simulated AWS root (trust for the server hosts)
+    DIR/liquid_security_certificate.crt   the simulated manufacturer root
+
+With ``data_dir=None`` everything lives in memory (tests). Reopening a data
+directory brings back the same cluster: ids, ports, certificates and HSM state.
+
+Lifecycle (spec §1.2, §11.7): UNINITIALIZED → (InitializeCluster) →
+INITIALIZE_IN_PROGRESS → INITIALIZED → ACTIVE once an HSM reports
+``activated`` (``cluster activate`` happens on the HSM, not through the API).
+Before initialization every HSM endpoint presents its HsmCertificate; after it,
+the cluster certificate, both with the cluster key.
+
+Every call into an :class:`~simulator.hsm.Hsm` runs on that HSM's own
+single-thread executor: an HSM is not thread-safe and its SQLite connection
+belongs to the thread that opened it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from protocol.channel import HelloInfo
+from simulator import ids, pki
+from simulator.endpoint import HsmEndpoint
+from simulator.errors import SimulatorError
+from simulator.host import ServerHost
+from simulator.hsm import Hsm, HsmIdentity
+
+HSM_TYPES = ("hsm2m.medium", "hsm1.medium")
+
+#: CloudHSM's limit of HSMs per cluster (spec §7).
+MAX_HSMS = 28
+
+#: The masking key is an AES-256 key.
+MASKING_KEY_BYTES = 32
+
+DEFAULT_ALLOW_LIST: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+STATE_MESSAGES = {
+    "INITIALIZE_IN_PROGRESS": "Cluster is initializing. State will change to INITIALIZED upon completion.",
+    "DELETE_IN_PROGRESS": "The cluster is being deleted.",
+}
+
+CLUSTER_FILE = "cluster.json"
+AWS_ROOT_FILE = "AWS_CloudHSM_Root-G1.crt"
+MANUFACTURER_ROOT_FILE = "liquid_security_certificate.crt"
+CUSTOMER_CA_FILE = "customerCA.crt"
+CUSTOMER_CA_KEY_FILE = "customerCA.key"
+CLIENT_CONFIG_FILE = "cloudhsm-cli.cfg"
+
+_T = TypeVar("_T")
+
+
+class ClusterError(SimulatorError):
+    """A cluster operation is not allowed now; ``message`` is what the API returns."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class ClusterStateError(ClusterError):
+    """The operation needs the cluster (or an HSM) in another state."""
+
+
+# -- persisted records -----------------------------------------------------------
+
+
+@dataclass
+class HsmRecord:
+    """One HSM as the control plane sees it (BOTO shape ``Hsm``) plus its port."""
+
+    hsm_id: str
+    serial: str
+    eni_id: str
+    eni_ip: str
+    port: int
+    availability_zone: str
+    subnet_id: str
+    state: str = "ACTIVE"
+    state_message: str = "HSM created."
+
+    def describe(self, cluster_id: str, hsm_type: str) -> dict[str, Any]:
+        return {
+            "AvailabilityZone": self.availability_zone,
+            "ClusterId": cluster_id,
+            "SubnetId": self.subnet_id,
+            "EniId": self.eni_id,
+            "EniIp": self.eni_ip,
+            # Not in the real shape: every simulated HSM shares one address, so the
+            # port tells them apart. boto3 ignores members its model does not know.
+            "EniPort": self.port,
+            "HsmId": self.hsm_id,
+            "HsmType": hsm_type,
+            "State": self.state,
+            "StateMessage": self.state_message,
+        }
+
+
+@dataclass
+class ClusterRecord:
+    """Everything ``cluster.json`` holds."""
+
+    cluster_id: str
+    hsm_type: str
+    state: str
+    create_timestamp: float
+    vpc_id: str
+    security_group: str
+    subnet_mapping: dict[str, str]
+    host: str
+    hsms: list[HsmRecord] = field(default_factory=list)
+    mode: str = "FIPS"
+    control_plane_port: int = 0
+    first_serial: str = ""
+    cluster_csr: str = ""
+    hsm_certificate: str = ""
+    aws_hardware_certificate: str = ""
+    manufacturer_hardware_certificate: str = ""
+    cluster_certificate: str = ""
+    trust_anchor: str = ""
+    source_backup_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ClusterRecord:
+        hsms = [HsmRecord(**h) for h in body.pop("hsms", [])]
+        return cls(hsms=hsms, **body)
+
+    def certificates(self) -> dict[str, str]:
+        """``Certificates`` as DescribeClusters shows them in the current state."""
+        out: dict[str, str] = {}
+        if self.state == "UNINITIALIZED" and self.cluster_csr:
+            out["ClusterCsr"] = self.cluster_csr
+        if self.hsm_certificate:
+            out["HsmCertificate"] = self.hsm_certificate
+            out["AwsHardwareCertificate"] = self.aws_hardware_certificate
+            out["ManufacturerHardwareCertificate"] = self.manufacturer_hardware_certificate
+        if self.cluster_certificate:
+            out["ClusterCertificate"] = self.cluster_certificate
+        return out
+
+
+# -- one running HSM -------------------------------------------------------------
+
+
+@dataclass
+class HsmMaterial:
+    """An HSM's certificates and keys (hardware, HsmCertificate, server host)."""
+
+    hardware: pki.HsmHardware
+    hsm_certificate_pem: bytes
+    host: pki.Credential
+
+    def save(self, directory: Path) -> None:
+        pki.write_private(directory / "hardware.key", self.hardware.key_pem)
+        pki.write_public(directory / "aws-hardware.crt", self.hardware.aws_hardware_cert_pem)
+        pki.write_public(
+            directory / "manufacturer-hardware.crt", self.hardware.manufacturer_hardware_cert_pem
+        )
+        pki.write_public(directory / "hsm.crt", self.hsm_certificate_pem)
+        self.host.write(directory / "host.crt", directory / "host.key")
+
+    @classmethod
+    def load(cls, directory: Path) -> HsmMaterial:
+        return cls(
+            hardware=pki.HsmHardware(
+                key_pem=(directory / "hardware.key").read_bytes(),
+                aws_hardware_cert_pem=(directory / "aws-hardware.crt").read_bytes(),
+                manufacturer_hardware_cert_pem=(
+                    directory / "manufacturer-hardware.crt"
+                ).read_bytes(),
+            ),
+            hsm_certificate_pem=(directory / "hsm.crt").read_bytes(),
+            host=pki.Credential.read(directory / "host.crt", directory / "host.key"),
+        )
+
+
+class RunningHsm:
+    """An HSM, its worker thread, its endpoint and its server host."""
+
+    def __init__(self, record: HsmRecord, identity: HsmIdentity, material: HsmMaterial) -> None:
+        self.record = record
+        self.identity = identity
+        self.material = material
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=record.hsm_id
+        )
+        self.hsm: Hsm | None = None
+        self.endpoint: HsmEndpoint | None = None
+        self.host: ServerHost | None = None
+
+    async def call(self, fn: Callable[[Hsm], _T]) -> _T:
+        """Run ``fn(hsm)`` on this HSM's worker thread."""
+        hsm = self.hsm
+        if hsm is None:
+            raise ClusterStateError(f"HSM {self.record.hsm_id} is not running.")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, hsm)
+
+    @property
+    def hsm_certificate_chain(self) -> bytes:
+        return self.material.hsm_certificate_pem + self.material.hardware.aws_hardware_cert_pem
+
+
+# -- the cluster -----------------------------------------------------------------
+
+
+class LocalCluster:
+    """One simulated CloudHSM cluster on loopback. Create with :meth:`create`."""
+
+    def __init__(
+        self,
+        record: ClusterRecord,
+        data_dir: Path | None,
+        roots: pki.VendorRoots,
+        cluster_key_pem: bytes,
+        masking_key: bytes,
+        materials: dict[str, HsmMaterial],
+        *,
+        allow_list: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = DEFAULT_ALLOW_LIST,
+        initialize_delay: float = 0.0,
+        control_plane: bool = True,
+    ) -> None:
+        self.record = record
+        self.data_dir = data_dir
+        self.roots = roots
+        self.cluster_key_pem = cluster_key_pem
+        self._masking_key = masking_key
+        self._materials = materials
+        self.allow_list = tuple(allow_list)
+        self.initialize_delay = initialize_delay
+        self._want_control_plane = control_plane
+        self.hsms: dict[str, RunningHsm] = {}
+        self.control_plane: Any = None
+        self._initializing: asyncio.Task[None] | None = None
+        self._started = False
+        self._save_lock = threading.Lock()
+
+    # -- construction ------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        data_dir: Path | str | None,
+        hsms: int = 3,
+        hsm_type: str = "hsm2m.medium",
+        *,
+        host: str = "127.0.0.1",
+        allow_list: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = DEFAULT_ALLOW_LIST,
+        initialize_delay: float = 0.0,
+        control_plane: bool = True,
+    ) -> LocalCluster:
+        """Open the cluster in ``data_dir`` if it has one, else make a new one there.
+
+        Creation does the CPU-heavy key generation in a worker thread so an event
+        loop serving other clusters stays responsive.
+        """
+        path = Path(data_dir) if data_dir is not None else None
+        if path is not None and (path / CLUSTER_FILE).exists():
+            return await asyncio.to_thread(
+                cls._open,
+                path,
+                allow_list=allow_list,
+                initialize_delay=initialize_delay,
+                control_plane=control_plane,
+            )
+        if hsm_type not in HSM_TYPES:
+            raise ClusterError(f"Provided HsmType is not supported: {hsm_type!r}.")
+        if not 1 <= hsms <= MAX_HSMS:
+            raise ClusterError(f"A cluster holds 1 to {MAX_HSMS} HSMs; asked for {hsms}.")
+        return await asyncio.to_thread(
+            cls._new,
+            path,
+            hsms,
+            hsm_type,
+            host,
+            allow_list=allow_list,
+            initialize_delay=initialize_delay,
+            control_plane=control_plane,
+        )
+
+    @classmethod
+    def _new(
+        cls,
+        path: Path | None,
+        hsm_count: int,
+        hsm_type: str,
+        host: str,
+        **options: Any,
+    ) -> LocalCluster:
+        cluster_id = ids.new_cluster_id()
+        region = "us-east-1"
+        zones = [f"{region}{letter}" for letter in "abc"]
+        subnet_mapping = {zone: ids.new_subnet_id() for zone in zones}
+        record = ClusterRecord(
+            cluster_id=cluster_id,
+            hsm_type=hsm_type,
+            state="UNINITIALIZED",
+            create_timestamp=round(time.time(), 3),
+            vpc_id=ids.new_vpc_id(),
+            security_group=ids.new_security_group_id(),
+            subnet_mapping=subnet_mapping,
+            host=host,
+        )
+        roots = pki.VendorRoots.generate()
+        cluster_key = pki.generate_rsa_key()
+        cluster_key_pem = pki.private_key_pem(cluster_key)
+        masking_key = secrets.token_bytes(MASKING_KEY_BYTES)
+        materials: dict[str, HsmMaterial] = {}
+        for index in range(hsm_count):
+            hsm_record, material = cls._mint_hsm(record, roots, cluster_key, index)
+            record.hsms.append(hsm_record)
+            materials[hsm_record.hsm_id] = material
+        first = record.hsms[0]
+        record.first_serial = first.serial
+        first_material = materials[first.hsm_id]
+        record.cluster_csr = pki.make_cluster_csr(cluster_key, first.serial, cluster_id).decode()
+        record.hsm_certificate = first_material.hsm_certificate_pem.decode()
+        record.aws_hardware_certificate = first_material.hardware.aws_hardware_cert_pem.decode()
+        record.manufacturer_hardware_certificate = (
+            first_material.hardware.manufacturer_hardware_cert_pem.decode()
+        )
+        cluster = cls(record, path, roots, cluster_key_pem, masking_key, materials, **options)
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            pki.write_private(path / "keys" / "cluster.key", cluster_key_pem)
+            pki.write_private(path / "keys" / "masking.key", masking_key)
+            roots.aws.write(path / "pki" / "aws-root.crt", path / "pki" / "aws-root.key")
+            roots.manufacturer.write(
+                path / "pki" / "manufacturer-root.crt", path / "pki" / "manufacturer-root.key"
+            )
+            pki.write_public(path / AWS_ROOT_FILE, roots.aws.cert_pem)
+            pki.write_public(path / MANUFACTURER_ROOT_FILE, roots.manufacturer.cert_pem)
+            for hsm_id, material in materials.items():
+                material.save(path / "hsms" / hsm_id)
+            cluster.save()
+        return cluster
+
+    @staticmethod
+    def _mint_hsm(
+        record: ClusterRecord, roots: pki.VendorRoots, cluster_key: pki.PrivateKey, index: int
+    ) -> tuple[HsmRecord, HsmMaterial]:
+        zone = sorted(record.subnet_mapping)[index % len(record.subnet_mapping)]
+        serial = ids.new_hsm_serial()
+        hardware = pki.HsmHardware.generate(roots, serial)
+        hsm_record = HsmRecord(
+            hsm_id=ids.new_hsm_id(),
+            serial=serial,
+            eni_id=ids.new_eni_id(),
+            eni_ip=record.host,
+            port=0,
+            availability_zone=zone,
+            subnet_id=record.subnet_mapping[zone],
+        )
+        material = HsmMaterial(
+            hardware=hardware,
+            hsm_certificate_pem=pki.issue_hsm_certificate(
+                hardware, cluster_key, serial, record.cluster_id
+            ),
+            host=pki.issue_server_host_certificate(roots.aws, _host_names(record.host)),
+        )
+        return hsm_record, material
+
+    @classmethod
+    def _open(cls, path: Path, **options: Any) -> LocalCluster:
+        body = json.loads((path / CLUSTER_FILE).read_text())
+        record = ClusterRecord.from_json(body)
+        roots = pki.VendorRoots(
+            aws=pki.Credential.read(path / "pki" / "aws-root.crt", path / "pki" / "aws-root.key"),
+            manufacturer=pki.Credential.read(
+                path / "pki" / "manufacturer-root.crt", path / "pki" / "manufacturer-root.key"
+            ),
+        )
+        materials = {h.hsm_id: HsmMaterial.load(path / "hsms" / h.hsm_id) for h in record.hsms}
+        return cls(
+            record,
+            path,
+            roots,
+            (path / "keys" / "cluster.key").read_bytes(),
+            (path / "keys" / "masking.key").read_bytes(),
+            materials,
+            **options,
+        )
+
+    # -- persistence -------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write ``cluster.json`` atomically (no-op in memory)."""
+        if self.data_dir is None:
+            return
+        with self._save_lock:
+            text = json.dumps(self.record.to_json(), indent=2, sort_keys=True) + "\n"
+            pki.write_public(self.data_dir / CLUSTER_FILE, text.encode())
+
+    # -- properties --------------------------------------------------------------
+
+    @property
+    def cluster_id(self) -> str:
+        return self.record.cluster_id
+
+    @property
+    def state(self) -> str:
+        return self.record.state
+
+    @property
+    def host(self) -> str:
+        return self.record.host
+
+    @property
+    def aws_root_pem(self) -> bytes:
+        return self.roots.aws.cert_pem
+
+    @property
+    def manufacturer_root_pem(self) -> bytes:
+        return self.roots.manufacturer.cert_pem
+
+    @property
+    def cluster_csr_pem(self) -> bytes:
+        return self.record.cluster_csr.encode()
+
+    @property
+    def control_plane_url(self) -> str | None:
+        if self.control_plane is None:
+            return None
+        return f"http://{_url_host(self.host)}:{self.record.control_plane_port}"
+
+    def addresses(self) -> list[tuple[str, str, int]]:
+        """``(hsm_id, host, port)`` of every HSM."""
+        return [(h.hsm_id, h.eni_ip, h.port) for h in self.record.hsms]
+
+    # -- running -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open every HSM, start its endpoint and server host, and the control plane."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            for hsm_record in self.record.hsms:
+                await self._start_hsm(hsm_record)
+            if self._want_control_plane:
+                from simulator.controlplane import ControlPlane
+
+                plane = ControlPlane({self.cluster_id: self}, host=self.host)
+                await plane.start(self.record.control_plane_port)
+                self.control_plane = plane
+                self.record.control_plane_port = plane.port
+            self.save()
+            if self.record.state == "INITIALIZE_IN_PROGRESS":
+                # A previous run stopped between accepting InitializeCluster and finishing it.
+                self._initializing = asyncio.create_task(self._complete_initialization())
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _identity(self, hsm_record: HsmRecord) -> HsmIdentity:
+        return HsmIdentity(
+            hsm_id=hsm_record.hsm_id,
+            cluster_id=self.cluster_id,
+            serial=hsm_record.serial,
+            hsm_type=self.record.hsm_type,
+        )
+
+    def _hsm_path(self, hsm_id: str) -> Path | None:
+        if self.data_dir is None:
+            return None
+        return self.data_dir / "hsms" / hsm_id / "hsm.db"
+
+    def _endpoint_credential(self, running: RunningHsm) -> tuple[bytes, bytes]:
+        if self.record.cluster_certificate:
+            return self.record.cluster_certificate.encode(), self.cluster_key_pem
+        return running.hsm_certificate_chain, self.cluster_key_pem
+
+    async def _start_hsm(self, hsm_record: HsmRecord, hsm: Hsm | None = None) -> RunningHsm:
+        identity = self._identity(hsm_record)
+        running = RunningHsm(hsm_record, identity, self._materials[hsm_record.hsm_id])
+        self.hsms[hsm_record.hsm_id] = running
+        loop = asyncio.get_running_loop()
+        if hsm is None:
+            path = self._hsm_path(hsm_record.hsm_id)
+            masking_key = self._masking_key
+            running.hsm = await loop.run_in_executor(
+                running.executor, lambda: Hsm.open(identity, path, masking_key)
+            )
+        else:
+            running.hsm = hsm
+        endpoint = HsmEndpoint(running.hsm, executor=running.executor)
+        endpoint.set_certificate(*self._endpoint_credential(running))
+        running.endpoint = endpoint
+        host = ServerHost(
+            endpoint,
+            host_cert_pem=running.material.host.cert_pem,
+            host_key_pem=running.material.host.key_pem,
+            bind=(self.host, hsm_record.port),
+            allow_list=self.allow_list,
+            hello=HelloInfo(cluster_id=self.cluster_id, hsm_id=hsm_record.hsm_id),
+        )
+        await host.start()
+        running.host = host
+        # Port 0 on first start: the port the kernel chose becomes the HSM's for good,
+        # so a client configuration written now stays valid across restarts.
+        hsm_record.port = host.port
+        return running
+
+    async def _stop_hsm(self, running: RunningHsm) -> None:
+        if running.host is not None:
+            with contextlib.suppress(Exception):
+                await running.host.stop()
+            running.host = None
+        hsm = running.hsm
+        running.hsm = None
+        if hsm is not None:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(running.executor, hsm.close)
+        running.executor.shutdown(wait=True)
+
+    async def stop(self) -> None:
+        """Stop the control plane, every host and HSM; wait for their threads."""
+        if self._initializing is not None and not self._initializing.done():
+            self._initializing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._initializing
+        if self.control_plane is not None:
+            await self.control_plane.stop()
+            self.control_plane = None
+        for running in list(self.hsms.values()):
+            await self._stop_hsm(running)
+        self.hsms.clear()
+        self._started = False
+
+    async def __aenter__(self) -> LocalCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the lifecycle -----------------------------------------------------------
+
+    async def initialize(self, signed_cert_pem: str, trust_anchor_pem: str) -> dict[str, str]:
+        """InitializeCluster: validate, store, and finish initialization in the background.
+
+        Returns the API response (state INITIALIZE_IN_PROGRESS). Raises
+        :class:`ClusterStateError` or :class:`pki.CertificateRejected`; either way
+        nothing changes.
+        """
+        if self.record.state != "UNINITIALIZED":
+            raise ClusterStateError(
+                f"Cluster {self.cluster_id} is in state {self.record.state}; InitializeCluster "
+                "requires UNINITIALIZED."
+            )
+        if not self.record.cluster_csr:
+            raise ClusterStateError(f"Cluster {self.cluster_id} has no HSM and hence no CSR.")
+        await asyncio.to_thread(
+            pki.validate_initialization,
+            signed_cert_pem,
+            trust_anchor_pem,
+            self.cluster_csr_pem,
+        )
+        self.record.state = "INITIALIZE_IN_PROGRESS"
+        self.record.cluster_certificate = signed_cert_pem.strip() + "\n"
+        self.record.trust_anchor = trust_anchor_pem.strip() + "\n"
+        self.save()
+        self._initializing = asyncio.create_task(self._complete_initialization())
+        return {"State": self.record.state, "StateMessage": STATE_MESSAGES[self.record.state]}
+
+    async def _complete_initialization(self) -> None:
+        if self.initialize_delay:
+            await asyncio.sleep(self.initialize_delay)
+        for running in self.hsms.values():
+            # Every HSM present at initialization is a clone of the first, so each
+            # starts with the same unactivated admin and appliance user.
+            initialized = await running.call(_is_initialized)
+            if not initialized:
+                await running.call(lambda hsm: hsm.initialize())
+            if running.endpoint is not None:
+                running.endpoint.set_certificate(*self._endpoint_credential(running))
+        self.record.state = "INITIALIZED"
+        self.save()
+
+    async def wait_initialized(self) -> None:
+        """Wait until InitializeCluster has finished (INITIALIZED or later)."""
+        task = self._initializing
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def initialize_with(self, customer_ca: pki.Credential) -> bytes:
+        """The whole ceremony with a customer CA: sign the CSR, initialize, wait.
+
+        Returns the cluster certificate PEM.
+        """
+        signed = await asyncio.to_thread(pki.sign_cluster_csr, self.cluster_csr_pem, customer_ca)
+        await self.initialize(signed.decode(), customer_ca.cert_pem.decode())
+        await self.wait_initialized()
+        return signed
+
+    async def refresh_state(self) -> str:
+        """Move INITIALIZED → ACTIVE once an HSM reports that it was activated."""
+        if self.record.state == "INITIALIZED":
+            for running in list(self.hsms.values()):
+                if running.hsm is None:
+                    continue
+                if await running.call(_is_activated):
+                    self.record.state = "ACTIVE"
+                    self.save()
+                    break
+        return self.record.state
+
+    async def describe(self) -> dict[str, Any]:
+        """The cluster in DescribeClusters' ``Cluster`` shape (spec §11.3)."""
+        await self.refresh_state()
+        record = self.record
+        body: dict[str, Any] = {
+            "BackupPolicy": "DEFAULT",
+            "BackupRetentionPolicy": {"Type": "DAYS", "Value": "90"},
+            "ClusterId": record.cluster_id,
+            "CreateTimestamp": record.create_timestamp,
+            "Hsms": [h.describe(record.cluster_id, record.hsm_type) for h in record.hsms],
+            "HsmType": record.hsm_type,
+            "SecurityGroup": record.security_group,
+            "State": record.state,
+            "SubnetMapping": dict(record.subnet_mapping),
+            "VpcId": record.vpc_id,
+            "NetworkType": "IPV4",
+            "Certificates": record.certificates(),
+            "TagList": [],
+            "Mode": record.mode,
+        }
+        if record.state in STATE_MESSAGES:
+            body["StateMessage"] = STATE_MESSAGES[record.state]
+        if record.source_backup_id:
+            body["SourceBackupId"] = record.source_backup_id
+        return body
+
+    # -- files for clients -------------------------------------------------------
+
+    def client_config(
+        self, hsm_ca_file: Path, server_ca_file: Path, log_file: Path
+    ) -> dict[str, Any]:
+        """The SDK 5 client configuration (``cloudhsm-cli.cfg``) for this cluster."""
+        return {
+            "clusters": [
+                {
+                    "type": "hsm2m" if self.record.hsm_type.startswith("hsm2m") else "hsm1",
+                    "cluster": {
+                        "cluster_id": self.cluster_id,
+                        "hsm_ca_file": str(hsm_ca_file),
+                        "server_ca_file": str(server_ca_file),
+                        "servers": [
+                            {"hostname": h.eni_ip, "port": h.port, "enable": True}
+                            for h in self.record.hsms
+                        ],
+                    },
+                }
+            ],
+            "disable_key_availability_check": False,
+            "default_retry_mode": "standard",
+            "logging": {
+                "log_type": "file",
+                "log_file": str(log_file),
+                "log_level": "info",
+                "log_interval": "daily",
+            },
+        }
+
+    def write_client_config(
+        self,
+        path: Path | str,
+        *,
+        hsm_ca_file: Path | str | None = None,
+        server_ca_file: Path | str | None = None,
+    ) -> Path:
+        """Write ``cloudhsm-cli.cfg`` (and the AWS root beside it when needed).
+
+        ``hsm_ca_file`` defaults to ``customerCA.crt`` next to the config, where the
+        ceremony puts it; the file need not exist yet (``--no-initialize``).
+        """
+        target = Path(path).absolute()
+        directory = target.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        if server_ca_file is None:
+            server_ca_file = directory / AWS_ROOT_FILE
+            if not Path(server_ca_file).exists():
+                pki.write_public(Path(server_ca_file), self.aws_root_pem)
+        config = self.client_config(
+            Path(hsm_ca_file).absolute() if hsm_ca_file else directory / CUSTOMER_CA_FILE,
+            Path(server_ca_file).absolute(),
+            directory / "cloudhsm-cli.log",
+        )
+        pki.write_public(target, (json.dumps(config, indent=2) + "\n").encode())
+        return target
+
+
+def _is_initialized(hsm: Hsm) -> bool:
+    return hsm.initialized
+
+
+def _is_activated(hsm: Hsm) -> bool:
+    return bool(hsm.activated)
+
+
+def _host_names(host: str) -> list[str]:
+    names = [host]
+    if host in ("127.0.0.1", "::1", "localhost"):
+        names += [n for n in ("127.0.0.1", "localhost", "::1") if n != host]
+    return names
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# -- a cluster on a background event loop ---------------------------------------
+
+
+class ClusterThread:
+    """Run a :class:`LocalCluster` on an event loop in a background thread.
+
+    For synchronous callers (tests, fixtures)::
+
+        with ClusterThread(tmp_path, hsms=2) as running:
+            running.initialize_default()
+            config = running.cluster.write_client_config(tmp_path / "cloudhsm-cli.cfg")
+    """
+
+    def __init__(self, data_dir: Path | str | None, **create_options: Any) -> None:
+        self._data_dir = data_dir
+        self._options = create_options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._cluster: LocalCluster | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise ClusterError("the cluster thread is not running")
+        return self._loop
+
+    @property
+    def cluster(self) -> LocalCluster:
+        if self._cluster is None:
+            raise ClusterError("the cluster thread is not running")
+        return self._cluster
+
+    def run(self, coro: Coroutine[Any, Any, _T] | Awaitable[_T], timeout: float = 60.0) -> _T:
+        """Run a coroutine on the cluster's loop and return its result."""
+
+        async def wrapper() -> _T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout)
+
+    def start(self) -> LocalCluster:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        def serve() -> None:
+            assert self._loop is not None
+            asyncio.set_event_loop(self._loop)
+            self._loop.call_soon(ready.set)
+            self._loop.run_forever()
+            # Drain what stop() left behind, then close.
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name="cloudhsm-local-cluster", daemon=True)
+        self._thread.start()
+        ready.wait()
+        try:
+            self._cluster = self.run(LocalCluster.create(self._data_dir, **self._options))
+            self.run(self._cluster.start())
+        except BaseException:
+            self._cluster = None
+            self._halt()
+            raise
+        return self._cluster
+
+    def initialize_default(self, customer_ca: pki.Credential | None = None) -> pki.Credential:
+        """Run the ceremony with ``customer_ca`` (a fresh one if None); return the CA."""
+        ca = customer_ca or pki.generate_customer_ca()
+        self.run(self.cluster.initialize_with(ca))
+        return ca
+
+    def stop(self) -> None:
+        if self._cluster is not None:
+            try:
+                self.run(self._cluster.stop())
+            finally:
+                self._cluster = None
+                self._halt()
+
+    def _halt(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        self._loop = None
+        self._thread = None
+
+    def __enter__(self) -> ClusterThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
