@@ -1,0 +1,912 @@
+"""One software HSM: a sans-IO function from (state, authenticated request) to response.
+
+:class:`Hsm` owns one HSM's users, keys, policies, quorum tokens and audit log
+and its own :class:`~simulator.hsm.store.Store`. The endpoint calls
+:meth:`Hsm.handle` with a session handle, an op name from
+:mod:`protocol.ops` and the argument map; the answer is ``(Status, result)``.
+A refused operation never raises: :class:`~simulator.errors.HsmError` becomes
+``(status, {"message": ...})`` and any other exception ``INTERNAL_ERROR`` with a
+generic message (logged without arguments, which may hold secrets).
+
+Every state change of one operation, with its audit record, is one store
+transaction; the in-memory caches are updated only after the commit, so what
+the client is told always matches the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from protocol.ops import Op
+from protocol.status import Status
+from simulator.errors import HsmError, SimulatorError
+from simulator.hsm import arguments as arg
+from simulator.hsm import audit, quorum, users
+from simulator.hsm.identity import HsmIdentity
+from simulator.hsm.policy import (
+    ENFORCEMENT_LEVELS,
+    MAX_TRUST_ANCHORS,
+    MtlsPolicy,
+    validate_trust_anchor,
+)
+from simulator.hsm.quorum import QuorumTokens
+from simulator.hsm.sessions import Session, SessionTable
+from simulator.hsm.store import Store
+from simulator.hsm.users import ADMIN, APPLIANCE, CRYPTO_USER, UNACTIVATED_ADMIN, User
+
+_log = logging.getLogger(__name__)
+
+#: Roles allowed to run each op; ``None`` = no login needed (spec §3.2).
+_ANYONE = None
+_A = frozenset({ADMIN})
+_CU = frozenset({CRYPTO_USER})
+_A_CU = frozenset({ADMIN, CRYPTO_USER})
+_A_CU_AU = frozenset({ADMIN, CRYPTO_USER, APPLIANCE})
+_LOGGED_IN = frozenset({ADMIN, CRYPTO_USER, APPLIANCE, UNACTIVATED_ADMIN})
+
+PERMISSIONS: dict[Op, frozenset[str] | None] = {
+    Op.HSM_INFO: _ANYONE,
+    Op.USER_LIST: _ANYONE,
+    Op.QUORUM_VALUES: _ANYONE,
+    Op.QUORUM_TIMEOUTS: _ANYONE,
+    Op.LOGIN: _ANYONE,
+    Op.LOGOUT: _LOGGED_IN,
+    Op.WHOAMI: _ANYONE,
+    Op.CLUSTER_ACTIVATE: _ANYONE,  # checked in the handler (unactivated admin, implicit login)
+    Op.USER_CREATE: _A,
+    Op.USER_DELETE: _A,
+    Op.USER_CHANGE_PASSWORD: frozenset({ADMIN, CRYPTO_USER, APPLIANCE}),
+    Op.USER_CHANGE_MFA: _A_CU,
+    Op.USER_REGISTER_QUORUM_KEY: _A_CU,
+    Op.QUORUM_TOKEN_GENERATE: _A_CU,
+    Op.QUORUM_TOKEN_LIST: _A_CU,
+    Op.QUORUM_TOKEN_DELETE: _A,
+    Op.QUORUM_SET_VALUE: _A,
+    Op.QUORUM_SET_TIMEOUT: _A,
+    Op.KEY_GENERATE: _CU,
+    Op.KEY_GENERATE_PAIR: _CU,
+    Op.KEY_FIND: _A_CU,
+    Op.KEY_GET: _A_CU,
+    Op.KEY_SET_ATTRIBUTE: _A_CU,  # admins may set only `trusted` (handler)
+    Op.KEY_DELETE: _CU,
+    Op.KEY_SHARE: _CU,
+    Op.KEY_UNSHARE: _CU,
+    Op.KEY_IMPORT: _CU,
+    Op.KEY_EXPORT_PUBLIC: _CU,
+    Op.KEY_WRAP: _CU,
+    Op.KEY_UNWRAP: _CU,
+    Op.KEY_DERIVE: _CU,
+    Op.KEY_EXTRACT_MASKED: _A_CU_AU,
+    Op.KEY_INSERT_MASKED: _A_CU_AU,
+    Op.KEY_DIGESTS: _A_CU_AU,
+    Op.CRYPTO_SIGN: _CU,
+    Op.CRYPTO_VERIFY: _CU,
+    Op.CRYPTO_ENCRYPT: _CU,
+    Op.CRYPTO_DECRYPT: _CU,
+    Op.CRYPTO_MAC: _CU,
+    Op.CRYPTO_MAC_VERIFY: _CU,
+    Op.CRYPTO_DIGEST: _CU,
+    Op.CRYPTO_RANDOM: _CU,
+    Op.MTLS_REGISTER_TRUST_ANCHOR: _A,
+    Op.MTLS_DEREGISTER_TRUST_ANCHOR: _A,
+    Op.MTLS_LIST_TRUST_ANCHORS: _A_CU,
+    Op.MTLS_SET_ENFORCEMENT: _A,
+    Op.MTLS_GET_ENFORCEMENT: _A_CU,
+    Op.AUDIT_READ: _A,
+}
+
+#: Audit opcode of each management op (failures are audited too).
+_AUDITED: dict[Op, str] = {
+    Op.LOGIN: "CN_LOGIN",
+    Op.LOGOUT: "CN_LOGOUT",
+    Op.CLUSTER_ACTIVATE: "CN_CHANGE_PSWD",
+    Op.USER_CREATE: "CN_CREATE_USER",
+    Op.USER_DELETE: "CN_DELETE_USER",
+    Op.USER_CHANGE_PASSWORD: "CN_CHANGE_PSWD",
+    Op.USER_CHANGE_MFA: "CN_SET_MFA",
+    Op.USER_REGISTER_QUORUM_KEY: "CN_REGISTER_QUORUM_PUBKEY",
+    Op.QUORUM_TOKEN_GENERATE: "CN_GET_TOKEN",
+    Op.QUORUM_TOKEN_DELETE: "CN_DELETE_TOKEN",
+    Op.QUORUM_SET_VALUE: "CN_SET_M_VALUE",
+    Op.QUORUM_SET_TIMEOUT: "CN_SET_TOKEN_TIMEOUT",
+    Op.KEY_GENERATE: "CN_GENERATE_KEY",
+    Op.KEY_GENERATE_PAIR: "CN_GENERATE_KEY_PAIR",
+    Op.KEY_SET_ATTRIBUTE: "CN_MODIFY_OBJECT",
+    Op.KEY_DELETE: "CN_TOMBSTONE_OBJECT",
+    Op.KEY_SHARE: "CN_SHARE_OBJECT",
+    Op.KEY_UNSHARE: "CN_SHARE_OBJECT",
+    Op.KEY_IMPORT: "CN_CREATE_OBJECT",
+    Op.KEY_WRAP: "CN_WRAP_KEY",
+    Op.KEY_UNWRAP: "CN_UNWRAP_KEY",
+    Op.KEY_DERIVE: "CN_DERIVE_KEY",
+    Op.KEY_EXTRACT_MASKED: "CN_EXTRACT_MASKED_OBJECT_USER",
+    Op.KEY_INSERT_MASKED: "CN_INSERT_MASKED_OBJECT_USER",
+    Op.MTLS_REGISTER_TRUST_ANCHOR: "CN_CERT_AUTH_STORE_CERT",
+    Op.MTLS_DEREGISTER_TRUST_ANCHOR: "CN_CERT_AUTH_DELETE_CERT",
+    Op.MTLS_SET_ENFORCEMENT: "CN_CERT_AUTH_SET_ENFORCEMENT",
+}
+
+#: Statuses the real CLI would have caught before reaching the HSM: not audited.
+_UNAUDITED_FAILURES = frozenset({Status.INVALID_ARGUMENT, Status.UNKNOWN_OP})
+
+_LOGIN_ROLES = (ADMIN, CRYPTO_USER, UNACTIVATED_ADMIN)
+
+Handler = Callable[[Session, Mapping[str, Any]], Any]
+
+
+class MfaChallenge(HsmError):
+    """Password accepted, second factor missing: the client must sign ``unsigned``."""
+
+    def __init__(self, unsigned: bytes) -> None:
+        super().__init__(Status.LOGIN_FAILURE, "MFA token required: sign the unsigned token")
+        self.unsigned = unsigned
+
+
+class Hsm:
+    """One software HSM. Not thread-safe: one worker thread per HSM."""
+
+    def __init__(
+        self,
+        identity: HsmIdentity,
+        store: Store,
+        masking_key: bytes,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        scrypt_n: int = users.DEFAULT_SCRYPT_N,
+    ) -> None:
+        self.identity = identity
+        self._store = store
+        self._masking_key = masking_key
+        self._scrypt_n = scrypt_n
+        self._sessions = SessionTable()
+        self._tokens = QuorumTokens(clock)
+        self._users: dict[str, User] = {}
+        # Writes a refused op must still make (a failed-login count), and the
+        # cache update to run once they commit.
+        self._failure_effects: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        self._audit_subject: dict[str, Any] = {}
+        self._load()
+        self._handlers: dict[Op, Handler] = self._handler_table()
+
+    # -- lifecycle --------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        identity: HsmIdentity,
+        path: Path | None,
+        masking_key: bytes,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        scrypt_n: int = users.DEFAULT_SCRYPT_N,
+    ) -> Hsm:
+        """Open the HSM whose state is the SQLite file ``path`` (memory if None)."""
+        store = Store.open(path, masking_key, identity.hsm_id)
+        try:
+            stored_cluster = store.get_meta("cluster_id")
+            if stored_cluster is not None and stored_cluster != identity.cluster_id:
+                raise SimulatorError("the store belongs to another cluster")
+            with store.transaction():
+                store.set_meta("cluster_id", identity.cluster_id)
+                store.set_meta("reboot_counter", store.get_meta("reboot_counter", -1) + 1)
+            return cls(identity, store, masking_key, clock=clock, scrypt_n=scrypt_n)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        for session in self._sessions.all():
+            self.close_session(session.handle)
+        self._store.close()
+
+    def _load(self) -> None:
+        self._users = {
+            name: User(name, role, pw, failures, mfa, qk)
+            for name, role, pw, failures, mfa, qk in self._store.user_rows()
+        }
+        self._reboot_counter = int(self._store.get_meta("reboot_counter", 0))
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self._store.get_meta("initialized", False))
+
+    @property
+    def activated(self) -> bool:
+        return bool(self._store.get_meta("activated", False))
+
+    def initialize(self) -> None:
+        """InitializeCluster on the first HSM: the unactivated admin and ``app_user``."""
+        if self.initialized:
+            raise SimulatorError("the HSM is already initialized")
+        admin = User(
+            users.DEFAULT_ADMIN,
+            UNACTIVATED_ADMIN,
+            users.hash_password(users.DEFAULT_ADMIN_PASSWORD, n=self._scrypt_n),
+        )
+        # The appliance user never logs in over the wire; its secret is random and discarded.
+        appliance = User(
+            users.APPLIANCE_USER,
+            APPLIANCE,
+            users.hash_password(os.urandom(24).hex(), n=self._scrypt_n),
+        )
+        with self._store.transaction():
+            self._audit("CN_INIT_TOKEN", 0, Status.SUCCESS)
+            self._audit("CN_GEN_PSWD_ENC_KEY", 0, Status.SUCCESS)
+            self._put_user(admin)
+            self._put_user(appliance)
+            self._audit(
+                "CN_CREATE_APPLIANCE_USER",
+                0,
+                Status.SUCCESS,
+                user_name=appliance.name,
+                user_type=users.AUDIT_USER_TYPES[APPLIANCE],
+            )
+            self._audit("CN_INIT_DONE", 0, Status.SUCCESS)
+            self._store.set_meta("initialized", True)
+            self._store.set_meta("activated", False)
+        self._users[admin.name] = admin
+        self._users[appliance.name] = appliance
+
+    # -- sessions ---------------------------------------------------------------------
+    def open_session(self, *, peer: str, client_cert_der: bytes | None) -> int:
+        """A new channel session. ``client_cert_der`` is the verified mTLS client cert."""
+        return self._sessions.open(peer, client_cert_der).handle
+
+    def open_appliance_session(self) -> int:
+        """An in-process session logged in as ``app_user`` (server-side key sync)."""
+        session = self._sessions.open("appliance", None)
+        session.username = users.APPLIANCE_USER
+        session.role = APPLIANCE
+        return session.handle
+
+    def close_session(self, session: int) -> None:
+        """The channel closed: destroy its session keys and quorum tokens."""
+        found = self._sessions.get(session)
+        if found is None:
+            return
+        self._end_session(found)
+        self._sessions.remove(session)
+        if found.logged_in:
+            with self._store.transaction():
+                self._audit(
+                    "CN_CLOSE_SESSION",
+                    found.handle,
+                    Status.SUCCESS,
+                    user_name=found.username,
+                    user_type=users.AUDIT_USER_TYPES[found.role or CRYPTO_USER],
+                )
+
+    def _end_session(self, session: Session) -> None:
+        """Logout effects: quorum tokens and session keys die with the login."""
+        self._tokens.drop_session(session.handle)
+        self._drop_session_keys(session)
+        session.logout()
+
+    def _drop_session_keys(self, session: Session) -> None:
+        session.session_keys.clear()
+
+    # -- dispatch ---------------------------------------------------------------------
+    def handle(self, session: int, op: str, args: dict[str, Any]) -> tuple[Status, Any]:
+        """Run one request; never raises for a refused operation."""
+        self._failure_effects = []
+        self._audit_subject = {}
+        found = self._sessions.get(session)
+        if found is None:
+            return Status.INVALID_ARGUMENT, {"message": "unknown session"}
+        try:
+            kind = Op(op)
+        except ValueError:
+            return Status.UNKNOWN_OP, {"message": f"Unknown operation {op[:64]!r}"}
+        try:
+            if not isinstance(args, dict):
+                raise HsmError(Status.INVALID_ARGUMENT, "args must be a map")
+            self._check_access(found, kind)
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise HsmError(Status.UNKNOWN_OP, f"Operation {kind.value} is not supported")
+            result = handler(found, args)
+        except HsmError as error:
+            self._audit_failure(found, kind, error.status)
+            result = {"message": error.message}
+            if isinstance(error, MfaChallenge):
+                result["mfa_token"] = {"unsigned": error.unsigned}
+            return error.status, result
+        except Exception:
+            # No arguments in the log: they may hold passwords or key material.
+            _log.exception("internal error in %s on %s", kind.value, self.identity.hsm_id)
+            return Status.INTERNAL_ERROR, {"message": "Internal error"}
+        return Status.SUCCESS, result
+
+    def _check_access(self, session: Session, op: Op) -> None:
+        if self.mtls_policy().enforced and not session.over_mtls and session.role != APPLIANCE:
+            raise HsmError(Status.MTLS_REQUIRED)
+        allowed = PERMISSIONS[op]
+        if allowed is None:
+            return
+        if session.role is None:
+            raise HsmError(Status.NOT_LOGGED_IN)
+        if session.role not in allowed:
+            raise HsmError(Status.PERMISSION_DENIED)
+
+    def _audit_failure(self, session: Session, op: Op, status: Status) -> None:
+        opcode = _AUDITED.get(op)
+        effects = self._failure_effects
+        self._failure_effects = []
+        if (opcode is None or status in _UNAUDITED_FAILURES) and not effects:
+            return
+        try:
+            with self._store.transaction():
+                for write, _ in effects:
+                    write()
+                if opcode is not None and status not in _UNAUDITED_FAILURES:
+                    subject = self._audit_subject or self._session_subject(session)
+                    self._audit(opcode, session.handle, status, **subject)
+            for _, after_commit in effects:
+                after_commit()
+        except Exception:
+            _log.exception("could not record a refused %s", op.value)
+
+    def _session_subject(self, session: Session) -> dict[str, Any]:
+        if session.username is None or session.role is None:
+            return {}
+        return {"user_name": session.username, "user_type": users.AUDIT_USER_TYPES[session.role]}
+
+    def _audit(self, opcode: str, session_handle: int, status: Status, **subject: Any) -> None:
+        """Append one audit record; call inside the operation's transaction."""
+        sequence = self._store.next_audit_sequence()
+        record = audit.make_record(
+            sequence=sequence,
+            reboot_counter=self._reboot_counter,
+            opcode=opcode,
+            session_handle=session_handle,
+            status=status,
+            **subject,
+        )
+        self._store.append_audit(sequence, record)
+
+    def _handler_table(self) -> dict[Op, Handler]:
+        return {
+            Op.HSM_INFO: self._hsm_info,
+            Op.USER_LIST: self._user_list,
+            Op.QUORUM_VALUES: self._quorum_values,
+            Op.QUORUM_TIMEOUTS: self._quorum_timeouts,
+            Op.LOGIN: self._login,
+            Op.LOGOUT: self._logout,
+            Op.WHOAMI: self._whoami,
+            Op.CLUSTER_ACTIVATE: self._cluster_activate,
+            Op.USER_CREATE: self._user_create,
+            Op.USER_DELETE: self._user_delete,
+            Op.USER_CHANGE_PASSWORD: self._user_change_password,
+            Op.USER_CHANGE_MFA: self._user_change_mfa,
+            Op.USER_REGISTER_QUORUM_KEY: self._user_register_quorum_key,
+            Op.QUORUM_TOKEN_GENERATE: self._quorum_token_generate,
+            Op.QUORUM_TOKEN_LIST: self._quorum_token_list,
+            Op.QUORUM_TOKEN_DELETE: self._quorum_token_delete,
+            Op.QUORUM_SET_VALUE: self._quorum_set_value,
+            Op.QUORUM_SET_TIMEOUT: self._quorum_set_timeout,
+            Op.MTLS_REGISTER_TRUST_ANCHOR: self._mtls_register,
+            Op.MTLS_DEREGISTER_TRUST_ANCHOR: self._mtls_deregister,
+            Op.MTLS_LIST_TRUST_ANCHORS: self._mtls_list,
+            Op.MTLS_SET_ENFORCEMENT: self._mtls_set_enforcement,
+            Op.MTLS_GET_ENFORCEMENT: self._mtls_get_enforcement,
+            Op.AUDIT_READ: self._audit_read,
+        }
+
+    # -- users: helpers ------------------------------------------------------------------
+    def _put_user(self, user: User) -> None:
+        self._store.put_user(
+            user.name, user.role, user.password_hash, user.failures, user.mfa_key, user.quorum_key
+        )
+
+    def _find_user(self, username: str, role: str) -> User:
+        user = self._users.get(username)
+        if user is None or user.role != role:
+            raise HsmError(Status.USER_NOT_FOUND, "Specified user does not exist")
+        return user
+
+    def user_count(self) -> int:
+        return sum(1 for u in self._users.values() if u.role != APPLIANCE)
+
+    def _require_service_quorum(
+        self, session: Session, service: str, args: Mapping[str, Any]
+    ) -> None:
+        required = self._quorum_value(service)
+        if required <= 1:
+            return
+        self._tokens.verify_approval(
+            args.get("approval"),
+            session=session.handle,
+            service=service,
+            required=required,
+            approvers={
+                u.name: u.quorum_key
+                for u in self._users.values()
+                if u.role == ADMIN and u.quorum_key is not None
+            },
+            generated_timeout=self._timeouts()["generated"],
+        )
+
+    # -- no-login ops ----------------------------------------------------------------------
+    def _hsm_info(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return self.identity.info()
+
+    def _user_list(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return {"users": [self._users[name].listing() for name in sorted(self._users)]}
+
+    def _quorum_values(self, session: Session, args: Mapping[str, Any]) -> Any:
+        values = {s: self._quorum_value(s) for s in ("user", "quorum")}
+        if self.identity.hsm_type == "hsm2m.medium":
+            values["cluster"] = self._quorum_value("cluster")
+        return values
+
+    def _quorum_timeouts(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return self._timeouts()
+
+    def _quorum_value(self, service: str) -> int:
+        values: dict[str, int] = self._store.get_meta("quorum_values", {})
+        return int(values.get(service, 1))
+
+    def _timeouts(self) -> dict[str, int]:
+        stored: dict[str, int] = self._store.get_meta("quorum_timeouts", {})
+        return {
+            "generated": int(stored.get("generated", quorum.DEFAULT_TIMEOUT)),
+            "approved": int(stored.get("approved", quorum.DEFAULT_TIMEOUT)),
+        }
+
+    # -- login ------------------------------------------------------------------------------
+    def _login(self, session: Session, args: Mapping[str, Any]) -> Any:
+        if session.logged_in:
+            raise HsmError(Status.ALREADY_LOGGED_IN)
+        username = users.normalize_username(arg.text(args, "username"))
+        role = arg.choice(args, "role", _LOGIN_ROLES)
+        password = arg.text(args, "password", max_len=1024)
+        mfa_token = arg.mapping(args, "mfa_token")
+        self._audit_subject = {"user_name": username, "user_type": users.AUDIT_USER_TYPES[role]}
+        user = self._users.get(username)
+        credentials = "Incorrect authentication credentials"
+        if user is None:
+            raise HsmError(Status.USER_NOT_FOUND, credentials)
+        # Before activation only the unactivated admin exists as a login (spec §3.1).
+        if not self.activated and user.role != UNACTIVATED_ADMIN:
+            raise HsmError(Status.LOGIN_FAILURE, credentials)
+        role_matches = user.role == role or (user.role == UNACTIVATED_ADMIN and role == ADMIN)
+        if not role_matches or user.role == APPLIANCE:
+            raise HsmError(Status.USER_NOT_FOUND, credentials)
+        if user.locked:
+            raise HsmError(Status.USER_LOCKED)
+        if not users.verify_password(password, user.password_hash):
+            failed = user.with_failures(user.failures + 1)
+
+            def remember() -> None:
+                self._users[failed.name] = failed
+
+            self._failure_effects.append((lambda: self._put_user(failed), remember))
+            raise HsmError(Status.LOGIN_FAILURE, credentials)
+        if user.mfa_key is not None:
+            self._check_mfa(session, user, role, mfa_token)
+        self._audit_subject = {
+            "user_name": user.name,
+            "user_type": users.AUDIT_USER_TYPES[user.role],
+        }
+        fresh = user.with_failures(0)
+        with self._store.transaction():
+            if user.failures:
+                self._put_user(fresh)
+            self._audit("CN_LOGIN", session.handle, Status.SUCCESS, **self._audit_subject)
+        self._users[user.name] = fresh
+        session.username = user.name
+        session.role = user.role
+        session.mfa_challenge = None
+        return {"username": user.name, "role": user.role}
+
+    def _check_mfa(
+        self, session: Session, user: User, role: str, mfa_token: Mapping[str, Any] | None
+    ) -> None:
+        """Second factor: a challenge the HSM issued, signed with the user's MFA key."""
+        assert user.mfa_key is not None
+        challenge = session.mfa_challenge
+        if mfa_token is None or challenge is None or challenge[0] != user.name:
+            fresh = os.urandom(32)
+            session.mfa_challenge = (user.name, role, fresh)
+            raise MfaChallenge(fresh)
+        signed = mfa_token.get("signed")
+        if not isinstance(signed, bytes) or mfa_token.get("unsigned") != challenge[2]:
+            session.mfa_challenge = None
+            raise HsmError(Status.LOGIN_FAILURE, "Incorrect authentication credentials")
+        session.mfa_challenge = None
+        if not quorum.digest_signature_valid(user.mfa_key, signed, challenge[2]):
+            raise HsmError(Status.LOGIN_FAILURE, "Incorrect authentication credentials")
+
+    def _logout(self, session: Session, args: Mapping[str, Any]) -> Any:
+        subject = self._session_subject(session)
+        with self._store.transaction():
+            self._audit("CN_LOGOUT", session.handle, Status.SUCCESS, **subject)
+        self._end_session(session)
+        return {}
+
+    def _whoami(self, session: Session, args: Mapping[str, Any]) -> Any:
+        if session.username is None:
+            return None
+        return {"username": session.username, "role": session.role}
+
+    def _cluster_activate(self, session: Session, args: Mapping[str, Any]) -> Any:
+        if self.activated:
+            raise HsmError(Status.ALREADY_ACTIVATED)
+        if not self.initialized:
+            raise HsmError(Status.NOT_ACTIVATED, "The HSM has not been initialized")
+        if session.logged_in and session.role != UNACTIVATED_ADMIN:
+            raise HsmError(Status.PERMISSION_DENIED)
+        password = users.check_password(arg.text(args, "password", max_len=1024))
+        admin = next((u for u in self._users.values() if u.role == UNACTIVATED_ADMIN), None)
+        if admin is None:
+            raise HsmError(Status.NOT_ACTIVATED, "This HSM has no unactivated admin")
+        self._audit_subject = {
+            "user_name": admin.name,
+            "user_type": users.AUDIT_USER_TYPES[UNACTIVATED_ADMIN],
+        }
+        activated = User(admin.name, ADMIN, users.hash_password(password, n=self._scrypt_n))
+        with self._store.transaction():
+            self._put_user(activated)
+            self._store.set_meta("activated", True)
+            self._audit("CN_CHANGE_PSWD", session.handle, Status.SUCCESS, **self._audit_subject)
+        self._users[activated.name] = activated
+        if session.username == admin.name:
+            session.role = ADMIN
+        return {}
+
+    # -- user management -----------------------------------------------------------------------
+    def _user_create(self, session: Session, args: Mapping[str, Any]) -> Any:
+        username = users.normalize_username(arg.text(args, "username"))
+        role = arg.choice(args, "role", users.CREATABLE_ROLES)
+        password = users.check_password(arg.text(args, "password", max_len=1024))
+        self._audit_subject = {"user_name": username, "user_type": users.AUDIT_USER_TYPES[role]}
+        self._require_service_quorum(session, "user", args)
+        if username in self._users:
+            raise HsmError(Status.USER_EXISTS)
+        if self.user_count() >= users.USER_QUOTA[self.identity.hsm_type]:
+            raise HsmError(Status.USER_QUOTA_EXCEEDED)
+        user = User(username, role, users.hash_password(password, n=self._scrypt_n))
+        opcode = "CN_CREATE_CO" if role == ADMIN else "CN_CREATE_USER"
+        with self._store.transaction():
+            self._put_user(user)
+            self._audit(opcode, session.handle, Status.SUCCESS, **self._audit_subject)
+        self._users[username] = user
+        return {"username": username, "role": role}
+
+    def _user_delete(self, session: Session, args: Mapping[str, Any]) -> Any:
+        username = users.normalize_username(arg.text(args, "username"))
+        role = arg.choice(args, "role", users.CREATABLE_ROLES)
+        self._audit_subject = {"user_name": username, "user_type": users.AUDIT_USER_TYPES[role]}
+        self._require_service_quorum(session, "user", args)
+        user = self._find_user(username, role)
+        if self._sessions.logged_in_as(username):
+            raise HsmError(Status.USER_LOGGED_IN)
+        if self._owns_keys(username):
+            raise HsmError(Status.USER_OWNS_KEYS)
+        with self._store.transaction():
+            self._store.delete_user(user.name)
+            self._forget_shares(user.name)
+            self._audit("CN_DELETE_USER", session.handle, Status.SUCCESS, **self._audit_subject)
+        self._users.pop(user.name, None)
+        self._after_forget_shares(user.name)
+        return {"username": username, "role": role}
+
+    def _owns_keys(self, username: str) -> bool:
+        return False
+
+    def _forget_shares(self, username: str) -> None:
+        """Inside a transaction: drop ``username`` from every key's shared users."""
+
+    def _after_forget_shares(self, username: str) -> None:
+        """After the commit: the same for the in-memory key index."""
+
+    def _target_user(self, session: Session, args: Mapping[str, Any]) -> User:
+        """The user an admin (anyone) or a crypto user (self only) may change."""
+        username = users.normalize_username(arg.text(args, "username"))
+        role = arg.choice(args, "role", (ADMIN, CRYPTO_USER, APPLIANCE))
+        self._audit_subject = {"user_name": username, "user_type": users.AUDIT_USER_TYPES[role]}
+        if session.role != ADMIN and username != session.username:
+            raise HsmError(Status.PERMISSION_DENIED)
+        return self._find_user(username, role)
+
+    def _user_change_password(self, session: Session, args: Mapping[str, Any]) -> Any:
+        target = self._target_user(session, args)
+        password = users.check_password(arg.text(args, "password", max_len=1024))
+        deregister_mfa = arg.flag(args, "deregister_mfa")
+        deregister_quorum = arg.flag(args, "deregister_quorum")
+        if session.role == ADMIN:
+            self._require_service_quorum(session, "user", args)
+        if target.name != session.username and self._sessions.logged_in_as(target.name):
+            raise HsmError(Status.USER_LOGGED_IN)
+        # Changing an MFA user's password also drops their quorum registration (spec §3.3).
+        drop_quorum = deregister_quorum or target.mfa_key is not None
+        changed = User(
+            target.name,
+            target.role,
+            users.hash_password(password, n=self._scrypt_n),
+            0,
+            None if deregister_mfa else target.mfa_key,
+            None if drop_quorum else target.quorum_key,
+        )
+        with self._store.transaction():
+            self._put_user(changed)
+            self._audit("CN_CHANGE_PSWD", session.handle, Status.SUCCESS, **self._audit_subject)
+        self._users[changed.name] = changed
+        return {"username": changed.name, "role": changed.role}
+
+    def _user_change_mfa(self, session: Session, args: Mapping[str, Any]) -> Any:
+        target = self._target_user(session, args)
+        deregister = arg.flag(args, "deregister")
+        change_quorum = arg.flag(args, "change_quorum")
+        new_password = arg.text(args, "change_password", required=False, max_len=1024)
+        if new_password is not None:
+            users.check_password(new_password, "change_password")
+        if deregister:
+            public_pem = None
+        else:
+            public_pem = quorum.load_approver_key(arg.blob(args, "public_key", max_len=8192))
+            token = arg.mapping(args, "signed_token", required=True)
+            unsigned, signed = token.get("unsigned"), token.get("signed")
+            if not isinstance(unsigned, bytes) or len(unsigned) != 32:
+                raise HsmError(Status.INVALID_ARGUMENT, "signed_token.unsigned must be 32 bytes")
+            if not isinstance(signed, bytes):
+                raise HsmError(Status.INVALID_ARGUMENT, "signed_token.signed must be bytes")
+            if not quorum.digest_signature_valid(public_pem, signed, unsigned):
+                raise HsmError(
+                    Status.SIGNATURE_INVALID, "The signed token does not match the public key"
+                )
+        if session.role == ADMIN:
+            self._require_service_quorum(session, "user", args)
+        quorum_key = target.quorum_key
+        if change_quorum or deregister:
+            # Enabling MFA registers the same key for quorum; removing MFA removes it.
+            quorum_key = public_pem
+        elif public_pem is not None:
+            quorum_key = public_pem
+        changed = User(
+            target.name,
+            target.role,
+            target.password_hash
+            if new_password is None
+            else users.hash_password(new_password, n=self._scrypt_n),
+            target.failures,
+            public_pem,
+            quorum_key,
+        )
+        with self._store.transaction():
+            self._put_user(changed)
+            self._audit("CN_SET_MFA", session.handle, Status.SUCCESS, **self._audit_subject)
+        self._users[changed.name] = changed
+        return {"username": changed.name, "role": changed.role}
+
+    def _user_register_quorum_key(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        public_pem = quorum.load_approver_key(arg.blob(args, "public_key", max_len=8192))
+        token_arg = arg.mapping(args, "signed_token", required=True)
+        approval_data, signed = token_arg.get("approval_data"), token_arg.get("signed")
+        if not isinstance(approval_data, bytes) or not isinstance(signed, bytes):
+            raise HsmError(
+                Status.INVALID_ARGUMENT,
+                "signed_token must hold approval_data (bytes) and signed (bytes)",
+            )
+        self._audit_subject = self._session_subject(session)
+        token = self._tokens.find_registration(session.handle, approval_data)
+        if not quorum.signature_valid(public_pem, signed, approval_data):
+            raise HsmError(
+                Status.SIGNATURE_INVALID, "The signed token does not match the public key"
+            )
+        user = self._users[session.username]
+        changed = User(
+            user.name, user.role, user.password_hash, user.failures, user.mfa_key, public_pem
+        )
+        with self._store.transaction():
+            self._put_user(changed)
+            self._audit(
+                "CN_REGISTER_QUORUM_PUBKEY", session.handle, Status.SUCCESS, **self._audit_subject
+            )
+        self._tokens.consume(token)
+        self._users[changed.name] = changed
+        return {"username": changed.name, "role": changed.role}
+
+    # -- quorum ------------------------------------------------------------------------------------
+    def _quorum_token_generate(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        services: tuple[str, ...] = quorum.TOKEN_SERVICES
+        if self.identity.hsm_type != "hsm2m.medium":
+            services = tuple(s for s in services if s != "cluster")
+        service = arg.choice(args, "service", services)
+        admin_only = (*quorum.ADMIN_SERVICES,)
+        if service in admin_only and session.role != ADMIN:
+            raise HsmError(Status.PERMISSION_DENIED, f"The {service} service is for admins")
+        if service in quorum.KEY_SERVICES and session.role != CRYPTO_USER:
+            raise HsmError(Status.PERMISSION_DENIED, f"The {service} service is for crypto users")
+        timeouts = self._timeouts()
+        required = self._quorum_value(service) if service in quorum.ADMIN_SERVICES else 0
+        self._audit_subject = self._session_subject(session)
+        token = self._tokens.generate(
+            service=service,
+            username=session.username,
+            session=session.handle,
+            approvals_required=required,
+            generated_timeout=timeouts["generated"],
+            hsm_id=self.identity.hsm_id,
+        )
+        with self._store.transaction():
+            self._audit("CN_GET_TOKEN", session.handle, Status.SUCCESS, **self._audit_subject)
+        return {
+            "approval_data": token.approval_data,
+            "token": token.token,
+            "timeout": timeouts["generated"],
+        }
+
+    def _quorum_token_list(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return {"tokens": self._tokens.listing(self._timeouts()["generated"])}
+
+    def _quorum_token_delete(self, session: Session, args: Mapping[str, Any]) -> Any:
+        scope = arg.choice(args, "scope", ("user", "all"))
+        deleted = self._tokens.delete(username=session.username if scope == "user" else None)
+        with self._store.transaction():
+            self._audit(
+                "CN_DELETE_TOKEN", session.handle, Status.SUCCESS, **self._session_subject(session)
+            )
+        return {"deleted": deleted}
+
+    def _quorum_set_value(self, session: Session, args: Mapping[str, Any]) -> Any:
+        services: tuple[str, ...] = quorum.ADMIN_SERVICES
+        if self.identity.hsm_type != "hsm2m.medium":
+            services = ("user", "quorum")
+        service = arg.choice(args, "service", services)
+        value = arg.integer(args, "value", low=1, high=quorum.MAX_QUORUM_VALUE)
+        self._require_service_quorum(session, "quorum", args)
+        approvers = sum(
+            1 for u in self._users.values() if u.role == ADMIN and u.quorum_key is not None
+        )
+        if value > 1 and value > approvers:
+            raise HsmError(
+                Status.INVALID_QUORUM_VALUE,
+                f"Invalid quorum value provided. Only {approvers} admins are registered for quorum",
+            )
+        values = {s: self._quorum_value(s) for s in quorum.ADMIN_SERVICES}
+        values[service] = value
+        if values["user"] > values["quorum"]:
+            raise HsmError(
+                Status.INVALID_QUORUM_VALUE,
+                "Invalid quorum value provided. The user quorum value cannot exceed the "
+                "quorum service value",
+            )
+        with self._store.transaction():
+            self._store.set_meta("quorum_values", values)
+            self._audit(
+                "CN_SET_M_VALUE", session.handle, Status.SUCCESS, **self._session_subject(session)
+            )
+        return {}
+
+    def _quorum_set_timeout(self, session: Session, args: Mapping[str, Any]) -> Any:
+        generated = arg.integer(args, "generated", low=1, high=quorum.MAX_TIMEOUT, required=False)
+        approved = arg.integer(args, "approved", low=1, high=quorum.MAX_TIMEOUT, required=False)
+        if generated is None and approved is None:
+            raise HsmError(Status.INVALID_ARGUMENT, "give generated or approved")
+        timeouts = self._timeouts()
+        if generated is not None:
+            timeouts["generated"] = generated
+        if approved is not None:
+            timeouts["approved"] = approved
+        with self._store.transaction():
+            self._store.set_meta("quorum_timeouts", timeouts)
+            self._audit(
+                "CN_SET_TOKEN_TIMEOUT",
+                session.handle,
+                Status.SUCCESS,
+                **self._session_subject(session),
+            )
+        return {}
+
+    # -- mTLS policy -----------------------------------------------------------------------------
+    def mtls_policy(self) -> MtlsPolicy:
+        enforcement = str(self._store.get_meta("mtls_enforcement", "none"))
+        return MtlsPolicy(enforcement, tuple(pem for _, pem in self._store.trust_anchor_rows()))
+
+    def _require_hsm2m(self) -> None:
+        if self.identity.hsm_type != "hsm2m.medium":
+            raise HsmError(
+                Status.POLICY_VIOLATION, "Client mTLS is only supported on hsm2m.medium HSMs"
+            )
+
+    def _mtls_register(self, session: Session, args: Mapping[str, Any]) -> Any:
+        self._require_hsm2m()
+        pem = validate_trust_anchor(arg.blob(args, "certificate", max_len=64 * 1024))
+        self._require_service_quorum(session, "cluster", args)
+        anchors = self._store.trust_anchor_rows()
+        if any(existing == pem for _, existing in anchors):
+            raise HsmError(Status.TRUST_ANCHOR_EXISTS)
+        if len(anchors) >= MAX_TRUST_ANCHORS:
+            raise HsmError(Status.TRUST_ANCHOR_LIMIT)
+        reference = int(self._store.get_meta("next_trust_anchor", 1))
+        with self._store.transaction():
+            self._store.put_trust_anchor(reference, pem)
+            self._store.set_meta("next_trust_anchor", reference + 1)
+            self._audit(
+                "CN_CERT_AUTH_STORE_CERT",
+                session.handle,
+                Status.SUCCESS,
+                **self._session_subject(session),
+            )
+        return {"certificate_reference": reference}
+
+    def _mtls_deregister(self, session: Session, args: Mapping[str, Any]) -> Any:
+        self._require_hsm2m()
+        reference = arg.integer(args, "certificate_reference", low=1, high=2**32)
+        self._require_service_quorum(session, "cluster", args)
+        anchors = self._store.trust_anchor_rows()
+        if not any(ref == reference for ref, _ in anchors):
+            raise HsmError(
+                Status.INVALID_ARGUMENT, f"No trust anchor with reference 0x{reference:02x}"
+            )
+        if len(anchors) == 1 and self.mtls_policy().enforcement == "cluster":
+            raise HsmError(
+                Status.POLICY_VIOLATION,
+                "Cannot deregister the last trust anchor while mTLS enforcement is cluster",
+            )
+        with self._store.transaction():
+            self._store.delete_trust_anchor(reference)
+            self._audit(
+                "CN_CERT_AUTH_DELETE_CERT",
+                session.handle,
+                Status.SUCCESS,
+                **self._session_subject(session),
+            )
+        return {}
+
+    def _mtls_list(self, session: Session, args: Mapping[str, Any]) -> Any:
+        self._require_hsm2m()
+        return {
+            "trust_anchors": [
+                {"certificate_reference": ref, "certificate": pem}
+                for ref, pem in self._store.trust_anchor_rows()
+            ]
+        }
+
+    def _mtls_set_enforcement(self, session: Session, args: Mapping[str, Any]) -> Any:
+        self._require_hsm2m()
+        level = arg.choice(args, "level", ENFORCEMENT_LEVELS)
+        # Only the user literally named `admin`, over an mTLS connection (spec §2.9).
+        if session.username != users.DEFAULT_ADMIN:
+            raise HsmError(
+                Status.PERMISSION_DENIED, "Only the user named admin can set mTLS enforcement"
+            )
+        if not session.over_mtls:
+            raise HsmError(Status.MTLS_REQUIRED)
+        if level == "cluster" and not self._store.trust_anchor_rows():
+            raise HsmError(Status.POLICY_VIOLATION, "Register a trust anchor before enforcing mTLS")
+        self._require_service_quorum(session, "cluster", args)
+        with self._store.transaction():
+            self._store.set_meta("mtls_enforcement", level)
+            self._audit(
+                "CN_CERT_AUTH_SET_ENFORCEMENT",
+                session.handle,
+                Status.SUCCESS,
+                **self._session_subject(session),
+            )
+        return {}
+
+    def _mtls_get_enforcement(self, session: Session, args: Mapping[str, Any]) -> Any:
+        self._require_hsm2m()
+        return {"level": self.mtls_policy().enforcement}
+
+    def sessions_without_client_cert(self) -> list[int]:
+        """Sessions to drop once enforcement is ``cluster`` (the endpoint closes them)."""
+        return [s.handle for s in self._sessions.all() if not s.over_mtls and s.role != APPLIANCE]
+
+    # -- audit --------------------------------------------------------------------------------------
+    def _audit_read(self, session: Session, args: Mapping[str, Any]) -> Any:
+        after = arg.integer(args, "after_sequence", low=-1, high=2**63 - 1, required=False)
+        limit = arg.integer(args, "limit", low=1, high=10_000, required=False)
+        return {"records": self._store.audit_rows(-1 if after is None else after, limit or 1000)}
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every audit record of this HSM, oldest first (tests, docs, log shipping)."""
+        return self._store.audit_rows(-1, 2**62)
