@@ -1,0 +1,361 @@
+"""The HSM side of the inner channel: TLS 1.3 termination and request dispatch.
+
+A server host (``simulator/host.py``) never decrypts the inner channel; it
+hands the TLS bytes of each connection to an :class:`EndpointChannel` made by
+:meth:`HsmEndpoint.open_channel`. The channel:
+
+* terminates TLS 1.3 with the HSM's certificate (the HsmCertificate before
+  InitializeCluster, the ClusterCertificate after; see
+  :meth:`HsmEndpoint.set_certificate`);
+* asks for a client certificate when trust anchors are registered, and refuses
+  a channel without one chaining to an anchor when enforcement is ``cluster``
+  (OpenSSL sends the alert, so the client learns why);
+* splits the plaintext into messages, runs ``open_session`` / ``handle`` /
+  ``close_session`` on the HSM's single worker thread (``Hsm`` is not
+  thread-safe, and crypto must not block the event loop), and answers each
+  request by id as it completes, so clients can pipeline.
+
+A malformed message closes that channel with a protocol error and touches
+nothing else. Unknown ops are the HSM's business (it answers ``UNKNOWN_OP``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from protocol.errors import ProtocolError
+from protocol.framing import HostErrorCode
+from protocol.messages import (
+    MessageDecoder,
+    Request,
+    Response,
+    encode_message,
+    parse_request,
+)
+from protocol.ops import Op
+from protocol.status import Status
+from protocol.tls import TlsPump
+from simulator.errors import SimulatorError
+
+
+class MtlsPolicyView(Protocol):
+    """The part of ``simulator.hsm.policy.MtlsPolicy`` the endpoint reads."""
+
+    @property
+    def enforced(self) -> bool: ...
+
+    @property
+    def trust_anchors(self) -> tuple[bytes, ...]: ...
+
+    def trust_store_pem(self) -> bytes: ...
+
+
+class HsmCore(Protocol):
+    """The part of ``simulator.hsm.Hsm`` the endpoint drives (see docs/architecture.md)."""
+
+    def open_session(self, *, peer: str, client_cert_der: bytes | None) -> int: ...
+
+    def close_session(self, session: int) -> None: ...
+
+    def handle(self, session: int, op: str, args: dict[str, Any]) -> tuple[Status, Any]: ...
+
+    def mtls_policy(self) -> MtlsPolicyView: ...
+
+
+class EndpointError(SimulatorError):
+    """The endpoint cannot serve (no certificate, unusable certificate)."""
+
+
+class ChannelSink(Protocol):
+    """How a channel talks back to its connection (implemented by the host)."""
+
+    def send_tls(self, data: bytes) -> None: ...
+
+    def close_channel(
+        self, reason: str | None, *, code: HostErrorCode = HostErrorCode.PROTOCOL_ERROR
+    ) -> None:
+        """Close the connection; with a ``reason``, first send HOST_ERROR ``code``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PolicyKey:
+    enforced: bool
+    anchors: bytes
+
+
+def _server_context(chain_pem: bytes, key_pem: bytes, policy: _PolicyKey) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    # The client waits for a session ticket (or an alert) as the HSM's verdict
+    # on its Finished and certificate; one ticket is all that confirmation needs.
+    context.num_tickets = 1
+    # load_cert_chain takes only paths: use a private file that lives for the call.
+    with tempfile.TemporaryDirectory(prefix="hsm-cert-") as directory:
+        path = os.path.join(directory, "chain.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem + b"\n" + chain_pem)
+        context.load_cert_chain(path)
+    if policy.anchors:
+        context.load_verify_locations(cadata=policy.anchors.decode("ascii"))
+        context.verify_mode = ssl.CERT_REQUIRED if policy.enforced else ssl.CERT_OPTIONAL
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class HsmEndpoint:
+    """Terminates inner TLS for one HSM and dispatches its requests."""
+
+    def __init__(self, hsm: HsmCore, *, executor: Executor) -> None:
+        self._hsm = hsm
+        self._executor = executor
+        self._certificate: tuple[bytes, bytes] | None = None
+        self._contexts: dict[_PolicyKey, ssl.SSLContext] = {}
+        self._channels: set[EndpointChannel] = set()
+
+    @property
+    def hsm(self) -> HsmCore:
+        return self._hsm
+
+    @property
+    def executor(self) -> Executor:
+        return self._executor
+
+    def set_certificate(self, cert_chain_pem: bytes, key_pem: bytes) -> None:
+        """Present this chain from now on (open channels keep theirs)."""
+        try:
+            leaf = x509.load_pem_x509_certificates(cert_chain_pem)[0]
+            key = load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise EndpointError(f"unusable HSM certificate or key: {exc}") from None
+        if key.public_key() != leaf.public_key():
+            raise EndpointError("the HSM key does not match the certificate's public key")
+        self._certificate = (cert_chain_pem, key_pem)
+        self._contexts.clear()
+
+    @property
+    def channel_count(self) -> int:
+        """Open inner channels (CloudHSM's HsmSslCtxsOccupied)."""
+        return len(self._channels)
+
+    async def open_channel(self, peer: str, sink: ChannelSink) -> EndpointChannel:
+        """A new inner channel for a connection from ``peer`` (address:port)."""
+        if self._certificate is None:
+            raise EndpointError("the HSM has no certificate to present")
+        loop = asyncio.get_running_loop()
+        # The policy lives in the HSM's store: read it on the HSM's thread.
+        policy = await loop.run_in_executor(self._executor, self._hsm.mtls_policy)
+        key = _PolicyKey(policy.enforced, policy.trust_store_pem())
+        context = self._contexts.get(key)
+        if context is None:
+            chain_pem, key_pem = self._certificate
+            context = _server_context(chain_pem, key_pem, key)
+            self._contexts[key] = context
+        channel = EndpointChannel(self, peer, context, sink, loop)
+        self._channels.add(channel)
+        return channel
+
+    def _forget(self, channel: EndpointChannel) -> None:
+        self._channels.discard(channel)
+
+    def _policy_changed(self) -> None:
+        """mTLS enforcement or anchors changed: drop channels the policy no longer admits."""
+        self._contexts.clear()
+        loop = asyncio.get_running_loop()
+        task = loop.run_in_executor(self._executor, self._hsm.mtls_policy)
+        task.add_done_callback(self._apply_policy)
+
+    def _apply_policy(self, future: asyncio.Future[MtlsPolicyView]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        policy = future.result()
+        if not policy.enforced:
+            return
+        # Spec §2.9: after enforcement "cluster", existing non-mTLS connections drop.
+        for channel in list(self._channels):
+            if channel.client_cert_der is None:
+                channel.abort("mTLS enforcement requires a client certificate")
+
+
+_POLICY_OPS = frozenset(
+    {
+        Op.MTLS_SET_ENFORCEMENT,
+        Op.MTLS_REGISTER_TRUST_ANCHOR,
+        Op.MTLS_DEREGISTER_TRUST_ANCHOR,
+    }
+)
+
+
+class EndpointChannel:
+    """One inner TLS channel: handshake, message decoding, ordered dispatch."""
+
+    def __init__(
+        self,
+        endpoint: HsmEndpoint,
+        peer: str,
+        context: ssl.SSLContext,
+        sink: ChannelSink,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._endpoint = endpoint
+        self._peer = peer
+        self._sink = sink
+        self._loop = loop
+        self._pump = TlsPump(context, server_side=True)
+        self._messages = MessageDecoder()
+        self._session: int | None = None
+        self._session_error: str | None = None
+        self._closed = False
+        self._outbox = bytearray()
+        self._flush_scheduled = False
+        self.client_cert_der: bytes | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- inbound (event loop) ----------------------------------------------------
+
+    def receive_tls(self, data: bytes) -> None:
+        """TLS bytes from the client (one ``TLS`` frame's payload)."""
+        if self._closed:
+            return
+        self._pump.receive_tls(data)
+        if not self._pump.handshake_done:
+            try:
+                done = self._pump.do_handshake()
+            except ssl.SSLError:
+                # The alert (e.g. certificate required) is in the outgoing BIO.
+                self._send(self._pump.take_outgoing())
+                self.close(None)
+                return
+            self._send(self._pump.take_outgoing())
+            if not done:
+                return
+            self.client_cert_der = self._pump.peer_certificate_der()
+            self._submit(self._open_session)
+        try:
+            plaintext = self._pump.read()
+        except ssl.SSLError as exc:
+            self._send(self._pump.take_outgoing())
+            self.close(f"inner TLS failed: {exc.reason or exc}")
+            return
+        self._send(self._pump.take_outgoing())
+        if plaintext:
+            self._messages.receive_data(plaintext)
+            try:
+                requests = [parse_request(body) for body in self._messages.bodies()]
+            except ProtocolError as exc:
+                self.close(f"malformed request: {exc}")
+                return
+            if requests:
+                self._submit(lambda: self._run_batch(requests))
+        if self._pump.peer_closed:
+            self.close(None)
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        self._endpoint.executor.submit(work)
+
+    # -- the HSM's worker thread ----------------------------------------------------
+
+    def _open_session(self) -> None:
+        try:
+            self._session = self._endpoint.hsm.open_session(
+                peer=self._peer, client_cert_der=self.client_cert_der
+            )
+        except Exception as exc:  # reported to the client, never swallowed
+            self._session_error = str(exc) or type(exc).__name__
+
+    def _run_batch(self, requests: list[Request]) -> None:
+        # Requests of one batch arrived together; answering each as soon as it is
+        # done keeps a slow op from holding back the ones before it.
+        for request in requests:
+            if self._closed:
+                return
+            wire = self._run(request)
+            self._loop.call_soon_threadsafe(self._queue_response, wire, request.op)
+
+    def _run(self, request: Request) -> bytes:
+        if self._session is None:
+            response = Response(
+                request.id,
+                int(Status.HSM_UNAVAILABLE),
+                {"message": f"the HSM refused the session: {self._session_error}"},
+            )
+            return encode_message(response)
+        try:
+            status, result = self._endpoint.hsm.handle(self._session, request.op, request.args)
+            return encode_message(Response(request.id, int(status), result))
+        except Exception:  # the HSM must never crash the channel
+            return encode_message(
+                Response(
+                    request.id,
+                    int(Status.INTERNAL_ERROR),
+                    {"message": Status.INTERNAL_ERROR.info.cli_message},
+                )
+            )
+
+    def _close_session(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            with contextlib.suppress(Exception):
+                self._endpoint.hsm.close_session(session)
+
+    # -- outbound (event loop) ----------------------------------------------------
+
+    def _queue_response(self, wire: bytes, op: str) -> None:
+        if self._closed:
+            return
+        self._outbox += wire
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        if op in _POLICY_OPS:
+            self._endpoint._policy_changed()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed or not self._outbox:
+            return
+        self._pump.write(bytes(self._outbox))
+        self._outbox.clear()
+        self._send(self._pump.take_outgoing())
+
+    def _send(self, data: bytes) -> None:
+        if data:
+            self._sink.send_tls(data)
+
+    # -- closing ---------------------------------------------------------------------
+
+    def close(self, reason: str | None) -> None:
+        """End the channel (reason: a protocol error to report to the client)."""
+        if self._closed:
+            return
+        self._flush()
+        self._closed = True
+        self._endpoint._forget(self)
+        self._submit(self._close_session)
+        self._sink.close_channel(reason)
+
+    def abort(self, reason: str) -> None:
+        """Drop the channel without answering what is in flight (policy change, fault)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._endpoint._forget(self)
+        self._submit(self._close_session)
+        self._sink.close_channel(
+            f"the HSM dropped the channel: {reason}", code=HostErrorCode.HSM_UNAVAILABLE
+        )

@@ -1,0 +1,336 @@
+"""The server host in front of one HSM: outer TLS, security group, relay.
+
+Like the appliance in front of a CloudHSM HSM, a :class:`ServerHost` accepts
+TLS (1.2 or newer) with a certificate signed by the simulated AWS CloudHSM
+root, optionally demands a client certificate (``client_ca_pem``), and admits
+only client addresses inside its allow list (the cluster's security group):
+anyone else gets ``HOST_ERROR SECURITY_GROUP_REFUSED`` and a closed connection.
+
+After ``HELLO`` / ``HELLO_ACK`` the host only relays: ``TLS`` frames go to the
+HSM endpoint's channel, the endpoint's TLS bytes come back in ``TLS`` frames.
+The host never holds a key of the inner channel.
+
+Fault hooks: ``available = False`` makes the host answer ``HSM_UNAVAILABLE``
+(and drops the connections it has); :meth:`ServerHost.sever` resets every open
+connection as a network failure would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network
+
+from protocol.channel import (
+    HelloInfo,
+    choose_version,
+    encode_hello_ack,
+    encode_host_error,
+    parse_hello,
+)
+from protocol.errors import ProtocolError, VersionMismatch
+from protocol.framing import Frame, FrameDecoder, FrameType, HostErrorCode, encode_tls
+from simulator.endpoint import EndpointChannel, EndpointError, HsmEndpoint
+
+__all__ = ["CONNECTION_LIMIT", "HelloInfo", "ServerHost"]
+
+_log = logging.getLogger(__name__)
+
+#: Most connections one HSM serves at once (CloudHSM: HsmSessionCount max 2,048).
+CONNECTION_LIMIT = 2048
+
+#: A client must say hello this soon after the outer handshake.
+HELLO_TIMEOUT = 10.0
+
+#: Outer TLS handshake and shutdown bounds.
+TLS_HANDSHAKE_TIMEOUT = 10.0
+TLS_SHUTDOWN_TIMEOUT = 5.0
+
+#: How long stop() waits for connections to finish closing.
+STOP_GRACE = 5.0
+
+
+def _host_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="host-cert-") as directory:
+        path = os.path.join(directory, "host.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem + b"\n" + cert_pem)
+        context.load_cert_chain(path)
+    if client_ca_pem is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=client_ca_pem.decode("ascii"))
+    return context
+
+
+class _Stage(enum.Enum):
+    HELLO = "hello"
+    OPENING = "opening"
+    RELAY = "relay"
+    CLOSED = "closed"
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: the host's side of the frame conversation."""
+
+    def __init__(self, host: ServerHost) -> None:
+        self._host = host
+        self._decoder = FrameDecoder()
+        self._stage = _Stage.HELLO
+        self._transport: asyncio.Transport | None = None
+        self._channel: EndpointChannel | None = None
+        self._early_tls: list[bytes] = []
+        self._hello_timer: asyncio.TimerHandle | None = None
+        self.peer = "unknown"
+        self.lost = asyncio.get_running_loop().create_future()
+
+    # -- asyncio callbacks --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peername = transport.get_extra_info("peername")
+        address = str(peername[0]) if peername else ""
+        self.peer = f"{address}:{peername[1]}" if peername else "unknown"
+        self._host._connections.add(self)
+        if len(self._host._connections) > CONNECTION_LIMIT:
+            self.refuse(
+                HostErrorCode.CONNECTION_LIMIT,
+                f"{self._host.hello.hsm_id} already serves {CONNECTION_LIMIT} connections",
+            )
+            return
+        if not self._host._admits(address):
+            _log.info("security group refused %s", self.peer)
+            self.refuse(
+                HostErrorCode.SECURITY_GROUP_REFUSED,
+                f"connection from {address} refused: the address is not allowed by the "
+                f"security group of {self._host.hello.hsm_id} in {self._host.hello.cluster_id}",
+            )
+            return
+        if not self._host.available:
+            self.refuse(HostErrorCode.HSM_UNAVAILABLE, self._host._unavailable_message())
+            return
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            HELLO_TIMEOUT, self._hello_timed_out
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._stage is _Stage.CLOSED
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._decoder.receive_data(data)
+            while not self.closed and (frame := self._decoder.next_frame()):
+                self._on_frame(frame)
+        except VersionMismatch as exc:
+            self.refuse(HostErrorCode.VERSION_UNSUPPORTED, str(exc))
+        except ProtocolError as exc:
+            self.refuse(HostErrorCode.PROTOCOL_ERROR, f"protocol error: {exc}")
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stage = _Stage.CLOSED
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        if self._channel is not None:
+            self._channel.close(None)
+        self._host._connections.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # -- frames -----------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.type is FrameType.CLOSE:
+            self.close()
+            return
+        if self._stage is _Stage.HELLO:
+            versions, _client = parse_hello(frame)
+            version = choose_version(versions)
+            if self._hello_timer is not None:
+                self._hello_timer.cancel()
+            hello = self._host.hello
+            self._write(
+                encode_hello_ack(HelloInfo(hello.cluster_id, hello.hsm_id, version=version))
+            )
+            self._stage = _Stage.OPENING
+            task = asyncio.get_running_loop().create_task(self._open_channel())
+            self._host._tasks.add(task)
+            task.add_done_callback(self._host._tasks.discard)
+            return
+        if frame.type is not FrameType.TLS:
+            raise ProtocolError(f"unexpected {frame.type.name} frame after the hello")
+        if self._stage is _Stage.OPENING:
+            self._early_tls.append(frame.payload)
+        elif self._channel is not None:
+            self._channel.receive_tls(frame.payload)
+
+    async def _open_channel(self) -> None:
+        try:
+            channel = await self._host.endpoint.open_channel(self.peer, self)
+        except EndpointError as exc:
+            self.refuse(HostErrorCode.HSM_UNAVAILABLE, f"{self._host.hello.hsm_id}: {exc}")
+            return
+        if self._stage is not _Stage.OPENING:
+            channel.close(None)
+            return
+        self._channel = channel
+        self._stage = _Stage.RELAY
+        early, self._early_tls = self._early_tls, []
+        for payload in early:
+            channel.receive_tls(payload)
+
+    def _hello_timed_out(self) -> None:
+        if self._stage is _Stage.HELLO:
+            self.refuse(HostErrorCode.PROTOCOL_ERROR, f"no hello within {HELLO_TIMEOUT} s")
+
+    # -- ChannelSink (called by the endpoint channel) ---------------------------------
+
+    def send_tls(self, data: bytes) -> None:
+        self._write(encode_tls(data))
+
+    def close_channel(
+        self, reason: str | None, *, code: HostErrorCode = HostErrorCode.PROTOCOL_ERROR
+    ) -> None:
+        self._channel = None
+        if reason is None:
+            self.close()
+        else:
+            self.refuse(code, reason)
+
+    # -- closing -------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def refuse(self, code: HostErrorCode, message: str) -> None:
+        """Send HOST_ERROR and close (after the write buffer drains)."""
+        if self._stage is _Stage.CLOSED:
+            return
+        self._write(encode_host_error(code, message))
+        self.close()
+
+    def close(self) -> None:
+        self._stage = _Stage.CLOSED
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            channel.close(None)
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._stage = _Stage.CLOSED
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class ServerHost:
+    """The TLS listener in front of one HSM."""
+
+    def __init__(
+        self,
+        endpoint: HsmEndpoint,
+        *,
+        host_cert_pem: bytes,
+        host_key_pem: bytes,
+        bind: tuple[str, int],
+        allow_list: Sequence[IPv4Network | IPv6Network],
+        hello: HelloInfo,
+        client_ca_pem: bytes | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.hello = hello
+        self.allow_list = tuple(allow_list)
+        self._bind = bind
+        self._context = _host_context(host_cert_pem, host_key_pem, client_ca_pem)
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._available = True
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
+            self._bind[0],
+            self._bind[1],
+            ssl=self._context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+            reuse_address=True,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.refuse(HostErrorCode.SHUTTING_DOWN, f"{self.hello.hsm_id} is shutting down")
+        waiting = [c.lost for c in self._connections]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=STOP_GRACE)
+            if pending:
+                for connection in list(self._connections):
+                    connection.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the server host is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # -- faults ---------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        self._available = value
+        if not value:
+            for connection in list(self._connections):
+                connection.refuse(HostErrorCode.HSM_UNAVAILABLE, self._unavailable_message())
+
+    def sever(self) -> None:
+        """Reset every open connection (a network failure between client and host)."""
+        for connection in list(self._connections):
+            connection.abort()
+
+    # -- policy ---------------------------------------------------------------------------
+
+    def _admits(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.allow_list)
+
+    def _unavailable_message(self) -> str:
+        return f"{self.hello.hsm_id} is unavailable"
