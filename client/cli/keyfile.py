@@ -1,0 +1,101 @@
+"""``key generate-file --encoding reference-pem``: a "fake PEM" that names a private key.
+
+Like the AWS client, the file is shaped as an ordinary private key file (so tools that
+expect one, such as web servers with an HSM engine, load it) but holds no private
+material: the public half is real and the private fields carry the key reference.
+RSA: ``RSAPrivateKey`` with the real modulus and exponent, ``d`` = the key reference and
+the CRT fields set to 1. EC: ``ECPrivateKey`` whose private value is the key reference,
+with the real curve and public point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from client.cli.output import CliError
+
+_CURVE_OIDS = {
+    "secp224r1": "1.3.132.0.33",
+    "secp256r1": "1.2.840.10045.3.1.7",
+    "prime256v1": "1.2.840.10045.3.1.7",
+    "secp256k1": "1.3.132.0.10",
+    "secp384r1": "1.3.132.0.34",
+    "secp521r1": "1.3.132.0.35",
+}
+
+
+def _length(size: int) -> bytes:
+    if size < 0x80:
+        return bytes([size])
+    body = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _length(len(body)) + body
+
+
+def _integer(value: int) -> bytes:
+    body = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big")
+    return _tlv(0x02, body)
+
+
+def _oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    body = bytearray([40 * parts[0] + parts[1]])
+    for part in parts[2:]:
+        chunk = [part & 0x7F]
+        part >>= 7
+        while part:
+            chunk.append(0x80 | (part & 0x7F))
+            part >>= 7
+        body += bytes(reversed(chunk))
+    return _tlv(0x06, bytes(body))
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    import base64
+
+    text = base64.encodebytes(der).decode("ascii").replace("\n", "")
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return (f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n").encode()
+
+
+def reference_pem(key: dict[str, Any], public_pem: bytes | None) -> bytes:
+    """The fake PEM of a private key object (``public_pem`` is its exported public half)."""
+    reference = int(key["key-reference"])
+    attributes = key.get("attributes") or {}
+    key_type = attributes.get("key-type")
+    public = serialization.load_pem_public_key(public_pem) if public_pem else None
+    if key_type == "rsa":
+        if isinstance(public, rsa.RSAPublicKey):
+            numbers = public.public_numbers()
+            modulus, exponent = numbers.n, numbers.e
+        else:
+            modulus = int.from_bytes(attributes.get("modulus", b""), "big")
+            exponent = int.from_bytes(attributes.get("public-exponent", b"\x01\x00\x01"), "big")
+        if not modulus:
+            raise CliError("The key's modulus is not available")
+        fields = [0, modulus, exponent, reference, 1, 1, 1, 1, 1]
+        der = _tlv(0x30, b"".join(_integer(v) for v in fields))
+        return _pem("RSA PRIVATE KEY", der)
+    if key_type == "ec":
+        curve = str(attributes.get("curve", ""))
+        oid = _CURVE_OIDS.get(curve)
+        if oid is None or not isinstance(public, ec.EllipticCurvePublicKey):
+            raise CliError("The key's curve or public point is not available")
+        point = public.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        size = (public.curve.key_size + 7) // 8
+        body = (
+            _integer(1)
+            + _tlv(0x04, reference.to_bytes(size, "big"))
+            + _tlv(0xA0, _oid(oid))
+            + _tlv(0xA1, _tlv(0x03, b"\x00" + point))
+        )
+        return _pem("EC PRIVATE KEY", _tlv(0x30, body))
+    raise CliError("reference-pem encoding is only for RSA and EC private keys")

@@ -1,0 +1,58 @@
+"""Turning HSM answers into what the CLI prints: coverage words and error messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from client.cli.output import CliError
+from client.cluster import MemberOutcome
+from client.errors import ClientError, HsmStatusError
+from protocol.status import Status
+
+#: Statuses whose CLI text the AWS CLI pins (spec §8.1); the HSM's own detail is not shown.
+PINNED_MESSAGES = frozenset(
+    {
+        Status.USER_NOT_FOUND,
+        Status.LOGIN_FAILURE,
+        Status.NOT_ACTIVATED,
+        Status.SIGNATURE_INVALID,
+        Status.QUORUM_REQUIRED,
+        Status.INVALID_QUORUM_VALUE,
+        Status.ALREADY_ACTIVATED,
+        Status.KEY_UNAVAILABLE,
+        Status.TRUST_ANCHOR_EXISTS,
+        Status.BUSY,
+        Status.HSM_UNAVAILABLE,
+        Status.NOT_LOGGED_IN,
+        Status.KEY_ACCESS_DENIED,
+    }
+)
+
+
+def status_message(error: ClientError) -> str:
+    """The ``data`` string for a failure."""
+    if isinstance(error, HsmStatusError):
+        status = error.status
+        if isinstance(status, Status) and status in PINNED_MESSAGES:
+            return status.info.cli_message
+        return error.message
+    return str(error)
+
+
+def coverage(holders: int, answered: int) -> str:
+    """``full`` when every HSM that answered agrees, else ``inconsistent``."""
+    return "full" if answered and holders == answered else "inconsistent"
+
+
+def require_any(outcomes: Sequence[MemberOutcome]) -> list[MemberOutcome]:
+    """The HSMs that answered; the first refusal becomes the error if none did."""
+    answered = [o for o in outcomes if o.ok]
+    if answered:
+        return answered
+    for outcome in outcomes:
+        if isinstance(outcome.error, HsmStatusError):
+            raise outcome.error
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise outcome.error
+    raise CliError("No HSM answered")

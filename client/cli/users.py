@@ -1,0 +1,169 @@
+"""``user list|create|delete|change-password|change-quorum token-sign register``.
+
+Users are not replicated by the service: every change is pushed to every HSM the CLI
+reaches, and ``user list`` compares what each HSM holds, printing ``cluster-coverage``
+``full`` or ``inconsistent`` (and ``inconsistent`` for any field the HSMs disagree on).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from client.cli.context import ROLES, CliContext, read_input_file
+from client.cli.output import CliError
+from client.cli.parser import CommandGroup
+from client.cli.quorum import add_approval, read_approval, read_registration_token
+from client.cli.results import coverage, require_any
+from client.cluster import MemberOutcome
+from client.errors import HsmStatusError
+from protocol.ops import Op
+from protocol.status import Status
+
+_USER_FIELDS = ("role", "locked", "mfa", "quorum")
+
+
+def _render_field(name: str, value: Any) -> Any:
+    if name == "locked" and isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def merge_user_lists(outcomes: list[MemberOutcome]) -> list[dict[str, Any]]:
+    """One entry per username across every HSM that answered."""
+    answered = [o for o in outcomes if o.ok]
+    per_user: dict[str, list[dict[str, Any]]] = {}
+    for outcome in answered:
+        for user in (outcome.result or {}).get("users", []):
+            per_user.setdefault(str(user.get("username", "")), []).append(user)
+    merged = []
+    for username in sorted(per_user):
+        copies = per_user[username]
+        entry: dict[str, Any] = {"username": username}
+        for name in _USER_FIELDS:
+            values = [_render_field(name, copy.get(name)) for copy in copies]
+            entry[name] = values[0] if all(v == values[0] for v in values) else "inconsistent"
+        entry["cluster-coverage"] = coverage(len(copies), len(answered))
+        merged.append(entry)
+    return merged
+
+
+async def list_users(ctx: CliContext, args: argparse.Namespace) -> Any:
+    view = await ctx.view(args.cluster_id)
+    outcomes = await view.fan_out(Op.USER_LIST, {})
+    require_any(outcomes)
+    return {"users": merge_user_lists(outcomes)}
+
+
+def _with_approval(call_args: dict[str, Any], path: str | None) -> dict[str, Any]:
+    approval = read_approval(path)
+    if approval is not None:
+        call_args["approval"] = approval
+    return call_args
+
+
+def _accept(outcomes: list[MemberOutcome], tolerated: tuple[Status, ...]) -> list[MemberOutcome]:
+    """Success when at least one HSM made the change and the others already agreed
+    (re-running a command repairs an HSM that missed it, as on the real service)."""
+    changed = [o for o in outcomes if o.ok]
+    if changed:
+        return changed
+    for outcome in outcomes:
+        if outcome.status is not None and outcome.status not in tolerated:
+            assert outcome.error is not None
+            raise outcome.error
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise outcome.error
+    raise CliError("No HSM answered")
+
+
+async def create_user(ctx: CliContext, args: argparse.Namespace) -> Any:
+    username = args.username.lower()
+    password = ctx.new_password(args.password)
+    view = await ctx.session_view(args.cluster_id)
+    call_args = _with_approval(
+        {"username": username, "role": args.role, "password": password}, args.approval
+    )
+    outcomes = await view.fan_out(Op.USER_CREATE, call_args)
+    changed = [o for o in outcomes if o.ok]
+    if not changed:
+        if all(o.status is Status.USER_EXISTS for o in outcomes):
+            raise CliError("User already exists")
+        _accept(outcomes, (Status.USER_EXISTS,))
+    return {"username": username, "role": args.role}
+
+
+async def delete_user(ctx: CliContext, args: argparse.Namespace) -> Any:
+    username = args.username.lower()
+    view = await ctx.session_view(args.cluster_id)
+    call_args = _with_approval({"username": username, "role": args.role}, args.approval)
+    outcomes = await view.fan_out(Op.USER_DELETE, call_args)
+    if not any(o.ok for o in outcomes):
+        if all(o.status in (Status.USER_NOT_FOUND, Status.INVALID_USER_TYPE) for o in outcomes):
+            raise CliError("Specified user does not exist")
+        _accept(outcomes, (Status.USER_NOT_FOUND,))
+    return {"username": username, "role": args.role}
+
+
+async def change_password(ctx: CliContext, args: argparse.Namespace) -> Any:
+    username = args.username.lower()
+    password = ctx.new_password(args.password)
+    view = await ctx.session_view(args.cluster_id)
+    call_args: dict[str, Any] = {"username": username, "role": args.role, "password": password}
+    if args.deregister_mfa:
+        call_args["deregister_mfa"] = True
+    if args.deregister_quorum:
+        call_args["deregister_quorum"] = True
+    outcomes = await view.fan_out(Op.USER_CHANGE_PASSWORD, _with_approval(call_args, args.approval))
+    if not any(o.ok for o in outcomes) and all(o.status is Status.USER_NOT_FOUND for o in outcomes):
+        raise CliError("Specified user does not exist")
+    _accept(outcomes, ())
+    return {"username": username, "role": args.role}
+
+
+async def register_quorum_key(ctx: CliContext, args: argparse.Namespace) -> Any:
+    public_key = read_input_file(args.public_key, "Public key file")
+    signed_token = read_registration_token(args.signed_token)
+    view = await ctx.session_view(args.cluster_id)
+    try:
+        result = await view.call(
+            Op.USER_REGISTER_QUORUM_KEY,
+            {"public_key": public_key, "signed_token": signed_token},
+            member=view.primary(),
+        )
+    except HsmStatusError:
+        raise
+    return {"username": result.get("username"), "role": result.get("role")}
+
+
+def _user_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--username", required=True, help="Username of the user")
+    parser.add_argument("--role", required=True, choices=ROLES, help="Role of the user")
+
+
+def register(root: CommandGroup) -> None:
+    user = root.group("user", "Manage the users of the cluster")
+    user.command("list", "List the users in your cluster", list_users, login=False)
+    leaf = user.command("create", "Create a user", create_user)
+    _user_arguments(leaf)
+    leaf.add_argument("--password", help="Optional: password of the new user")
+    add_approval(leaf)
+    leaf = user.command("delete", "Delete a user", delete_user)
+    _user_arguments(leaf)
+    add_approval(leaf)
+    leaf = user.command("change-password", "Change a user's password", change_password)
+    _user_arguments(leaf)
+    leaf.add_argument("--password", help="Optional: the new password")
+    leaf.add_argument("--deregister-mfa", action="store_true", dest="deregister_mfa")
+    leaf.add_argument("--deregister-quorum", action="store_true", dest="deregister_quorum")
+    add_approval(leaf)
+    change_quorum = user.group("change-quorum", "Change a user's quorum registration")
+    token_sign = change_quorum.group("token-sign", "Token-sign quorum strategy")
+    leaf = token_sign.command("register", "Register a quorum public key", register_quorum_key)
+    leaf.add_argument(
+        "--public-key", required=True, dest="public_key", help="PEM file of the RSA-2048 public key"
+    )
+    leaf.add_argument(
+        "--signed-token", required=True, dest="signed_token", help="Signed registration token file"
+    )

@@ -1,0 +1,624 @@
+"""The cluster view: one end-to-end channel per HSM, and the rules that make them one cluster.
+
+A CloudHSM cluster is several HSMs kept in step imperfectly. The SDK 5 client hides that
+behind a few rules, which this module reproduces:
+
+* **Load balancing.** A key or crypto request goes to the healthy HSM with the fewest
+  requests in flight (ties broken round-robin), so pipelined work spreads over the cluster.
+* **Fan-out.** Users and policies are not replicated by the service: user create/delete/
+  change-password, quorum values and mTLS policy are pushed to every HSM the client reaches,
+  and the per-HSM outcomes are kept so the CLI can report ``cluster-coverage``.
+* **Token key cloning.** A token key made on one HSM is extracted there as a masked object
+  and inserted into every other HSM, so it is usable everywhere at once.
+* **Key availability check.** A token key must be on at least two HSMs before it is used
+  (``disable_key_availability_check`` turns this off), failing with ``KEY_UNAVAILABLE``.
+* **Retries.** A busy answer (0xBB) is retried up to three times with exponential backoff
+  when ``default_retry_mode`` is ``standard``.
+* **Failover and reconnect.** When a channel breaks, idempotent requests move to another
+  HSM; the broken one is reconnected in the background with backoff and the client's own
+  login is re-established on it.
+
+Session keys live on the one HSM that made them; the view remembers where, and routes every
+request naming such a key there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.config import ClientConfig, ClusterConfig, ServerEntry
+from client.connection import ChannelSettings, HsmConnection
+from client.errors import (
+    ClientError,
+    ConnectionLost,
+    HostError,
+    HostUnreachable,
+    HsmStatusError,
+    RequestTimeout,
+    status_error,
+)
+from protocol.ops import Op
+from protocol.status import Status
+
+log = logging.getLogger(__name__)
+
+#: Busy answers are retried this many times in ``standard`` mode (SDK >= 5.8.0).
+BUSY_RETRIES = 3
+#: First backoff after a busy answer; doubled on each retry, with jitter.
+BUSY_BACKOFF = 0.05
+#: Reconnect backoff: first delay and cap.
+RECONNECT_FIRST = 0.05
+RECONNECT_CAP = 2.0
+#: HSMs a token key must be on before it may be used (key availability check).
+KEY_AVAILABILITY_MINIMUM = 2
+
+#: Requests that change nothing on the HSM, so they may be sent again elsewhere when a
+#: channel breaks before the answer arrives.
+IDEMPOTENT_OPS = frozenset(
+    {
+        Op.HSM_INFO,
+        Op.USER_LIST,
+        Op.QUORUM_VALUES,
+        Op.QUORUM_TIMEOUTS,
+        Op.WHOAMI,
+        Op.QUORUM_TOKEN_LIST,
+        Op.KEY_FIND,
+        Op.KEY_GET,
+        Op.KEY_EXPORT_PUBLIC,
+        Op.KEY_DIGESTS,
+        Op.CRYPTO_SIGN,
+        Op.CRYPTO_VERIFY,
+        Op.CRYPTO_ENCRYPT,
+        Op.CRYPTO_DECRYPT,
+        Op.CRYPTO_MAC,
+        Op.CRYPTO_MAC_VERIFY,
+        Op.CRYPTO_DIGEST,
+        Op.CRYPTO_RANDOM,
+        Op.MTLS_LIST_TRUST_ANCHORS,
+        Op.MTLS_GET_ENFORCEMENT,
+        Op.AUDIT_READ,
+    }
+)
+
+#: Ops that create a key, and where the new key objects are in their result.
+KEY_CREATING_OPS: dict[str, tuple[str, ...]] = {
+    Op.KEY_GENERATE: ("key",),
+    Op.KEY_GENERATE_PAIR: ("public_key", "private_key"),
+    Op.KEY_IMPORT: ("key",),
+    Op.KEY_UNWRAP: ("key",),
+    Op.KEY_DERIVE: ("key",),
+}
+
+#: Ops that use existing keys, and the argument names that hold their references.
+KEY_USING_OPS: dict[str, tuple[str, ...]] = {
+    Op.CRYPTO_SIGN: ("key_reference",),
+    Op.CRYPTO_VERIFY: ("key_reference",),
+    Op.CRYPTO_ENCRYPT: ("key_reference",),
+    Op.CRYPTO_DECRYPT: ("key_reference",),
+    Op.CRYPTO_MAC: ("key_reference",),
+    Op.CRYPTO_MAC_VERIFY: ("key_reference",),
+    Op.KEY_WRAP: ("wrapping_key", "payload_key"),
+    Op.KEY_UNWRAP: ("unwrapping_key",),
+    Op.KEY_DERIVE: ("base_key",),
+}
+
+#: Ops that change a token key and so are applied on every HSM holding it.
+KEY_CHANGING_OPS = frozenset({Op.KEY_DELETE, Op.KEY_SHARE, Op.KEY_UNSHARE, Op.KEY_SET_ATTRIBUTE})
+
+Connector = Callable[[str, int, ChannelSettings], Awaitable[HsmConnection]]
+
+
+def _default_connector(host: str, port: int, settings: ChannelSettings) -> Awaitable[HsmConnection]:
+    return HsmConnection.open(host, port, settings)
+
+
+def channel_settings(cluster: ClusterConfig, *, cluster_id: str | None = None) -> ChannelSettings:
+    """The channel settings a cluster's configuration describes (reads and checks the CAs)."""
+    server_client = None
+    if cluster.server_client_cert_file and cluster.server_client_key_file:
+        server_client = (cluster.server_client_cert_file, cluster.server_client_key_file)
+    hsm_client = None
+    if cluster.client_cert_hsm_tls_file and cluster.client_key_hsm_tls_file:
+        hsm_client = (cluster.client_cert_hsm_tls_file, cluster.client_key_hsm_tls_file)
+    return ChannelSettings.from_files(
+        cluster.hsm_ca_file,
+        cluster.server_ca_file,
+        server_client_cert=server_client,
+        hsm_client_cert=hsm_client,
+        expected_cluster_id=cluster_id or cluster.cluster_id,
+    )
+
+
+_CHANNEL_FAILURES = (ConnectionLost, RequestTimeout, HostError, HostUnreachable, OSError)
+
+
+class HsmMember:
+    """One HSM as the view sees it: its channel, its load, whether it is logged in."""
+
+    def __init__(self, server: ServerEntry) -> None:
+        self.server = server
+        self.connection: HsmConnection | None = None
+        self.hsm_id: str | None = None
+        self.outstanding = 0
+        self.logged_in = False
+        self.last_error: ClientError | None = None
+        self.reconnect_task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.server.hostname}:{self.server.port}"
+
+    @property
+    def healthy(self) -> bool:
+        return self.connection is not None
+
+    @property
+    def name(self) -> str:
+        return self.hsm_id or self.address
+
+    def __repr__(self) -> str:
+        state = "up" if self.healthy else "down"
+        return f"<HsmMember {self.name} {state} outstanding={self.outstanding}>"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberOutcome:
+    """What one HSM answered to a fanned-out request."""
+
+    member: HsmMember
+    result: Any = None
+    error: ClientError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def status(self) -> Status | None:
+        if self.error is None:
+            return Status.SUCCESS
+        if isinstance(self.error, HsmStatusError) and isinstance(self.error.status, Status):
+            return self.error.status
+        return None
+
+
+@dataclass(slots=True)
+class _Credentials:
+    username: str
+    role: str
+    password: str = field(repr=False)
+
+
+class ClusterView:
+    """Every HSM of one configured cluster, used as one cluster."""
+
+    def __init__(
+        self,
+        cluster: ClusterConfig,
+        settings: ChannelSettings,
+        *,
+        retry_mode: str = "standard",
+        key_availability_check: bool = True,
+        connector: Connector = _default_connector,
+    ) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.retry_mode = retry_mode
+        self.key_availability_check = key_availability_check
+        self._connector = connector
+        self.members = [HsmMember(server) for server in cluster.enabled_servers]
+        self._turn = itertools.count()
+        self._credentials: _Credentials | None = None
+        self._session_key_home: dict[int, HsmMember] = {}
+        self._closed = False
+
+    # -- life cycle -----------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        config: ClientConfig,
+        cluster_id: str | None = None,
+        *,
+        connector: Connector = _default_connector,
+    ) -> ClusterView:
+        """Connect to every enabled HSM of the selected cluster (at least one must answer)."""
+        cluster = config.select(cluster_id)
+        view = cls(
+            cluster,
+            channel_settings(cluster, cluster_id=cluster_id),
+            retry_mode=config.default_retry_mode,
+            key_availability_check=not config.disable_key_availability_check,
+            connector=connector,
+        )
+        await view.connect()
+        return view
+
+    async def connect(self) -> None:
+        results = await asyncio.gather(
+            *(self._connect_member(member) for member in self.members), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ClientError):
+                raise result
+        if not self.live_members:
+            first = next((m.last_error for m in self.members if m.last_error is not None), None)
+            if first is not None:
+                raise first
+            raise ConnectionLost("no HSM of the cluster could be reached")
+        for member in self.members:
+            if not member.healthy:
+                self._schedule_reconnect(member)
+
+    async def _connect_member(self, member: HsmMember) -> None:
+        try:
+            connection = await self._connector(
+                member.server.hostname, member.server.port, self.settings
+            )
+        except ClientError as exc:
+            member.last_error = exc
+            raise
+        except OSError as exc:
+            error = HostUnreachable(f"cannot reach server host {member.address}: {exc}")
+            member.last_error = error
+            raise error from None
+        member.connection = connection
+        member.hsm_id = connection.hello.hsm_id
+        member.last_error = None
+
+    async def close(self) -> None:
+        """Close every channel and stop reconnecting."""
+        self._closed = True
+        self._credentials = None
+        for member in self.members:
+            if member.reconnect_task is not None:
+                member.reconnect_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await member.reconnect_task
+                member.reconnect_task = None
+        for member in self.members:
+            connection, member.connection = member.connection, None
+            member.logged_in = False
+            if connection is not None:
+                with contextlib.suppress(ClientError, OSError):
+                    await connection.close()
+
+    async def __aenter__(self) -> ClusterView:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def live_members(self) -> list[HsmMember]:
+        return [member for member in self.members if member.healthy]
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, role) the view is logged in as, or None."""
+        if self._credentials is None:
+            return None
+        return (self._credentials.username, self._credentials.role)
+
+    # -- membership faults -------------------------------------------------------------
+
+    def _mark_down(self, member: HsmMember, error: ClientError) -> None:
+        connection, member.connection = member.connection, None
+        member.logged_in = False
+        member.last_error = error
+        log.info("lost HSM %s: %s", member.name, error)
+        if connection is not None:
+            task = asyncio.ensure_future(self._quiet_close(connection))
+            task.add_done_callback(lambda _t: None)
+        self._schedule_reconnect(member)
+
+    @staticmethod
+    async def _quiet_close(connection: HsmConnection) -> None:
+        with contextlib.suppress(ClientError, OSError):
+            await connection.close()
+
+    def _schedule_reconnect(self, member: HsmMember) -> None:
+        if self._closed or (member.reconnect_task and not member.reconnect_task.done()):
+            return
+        member.reconnect_task = asyncio.ensure_future(self._reconnect(member))
+
+    async def _reconnect(self, member: HsmMember) -> None:
+        delay = RECONNECT_FIRST
+        while not self._closed and not member.healthy:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, RECONNECT_CAP)
+            try:
+                await self._connect_member(member)
+            except ClientError:
+                continue
+            credentials = self._credentials
+            if credentials is not None:
+                # The client's own login is re-established; a PKCS#11 application would
+                # instead see CKR_USER_NOT_LOGGED_IN and have to log in again itself.
+                try:
+                    await self._call_member(
+                        member,
+                        Op.LOGIN,
+                        {
+                            "username": credentials.username,
+                            "role": credentials.role,
+                            "password": credentials.password,
+                        },
+                    )
+                    member.logged_in = True
+                except HsmStatusError as exc:
+                    log.warning("re-login on HSM %s failed: %s", member.name, exc)
+                except ClientError:
+                    continue
+            log.info("reconnected to HSM %s", member.name)
+
+    # -- choosing an HSM -----------------------------------------------------------------
+
+    def _candidates(self, exclude: Iterable[HsmMember] = ()) -> list[HsmMember]:
+        excluded = set(map(id, exclude))
+        live = [m for m in self.live_members if id(m) not in excluded]
+        if self._credentials is not None:
+            logged = [m for m in live if m.logged_in]
+            if logged:
+                live = logged
+        return live
+
+    def pick(self, exclude: Iterable[HsmMember] = ()) -> HsmMember:
+        """The healthy HSM with the fewest requests in flight (round-robin among equals)."""
+        candidates = self._candidates(exclude)
+        if not candidates:
+            raise status_error(Status.HSM_UNAVAILABLE)
+        least = min(member.outstanding for member in candidates)
+        tied = [member for member in candidates if member.outstanding == least]
+        return tied[next(self._turn) % len(tied)]
+
+    def primary(self) -> HsmMember:
+        """A stable HSM for state that lives on one HSM only (quorum tokens): the first
+        healthy member, in configuration order, that this login reached."""
+        candidates = self._candidates()
+        if not candidates:
+            raise status_error(Status.HSM_UNAVAILABLE)
+        return candidates[0]
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _call_member(self, member: HsmMember, op: str, args: dict[str, Any]) -> Any:
+        """One request on one HSM, with busy retries; a broken channel marks the HSM down."""
+        attempt = 0
+        backoff = BUSY_BACKOFF
+        while True:
+            connection = member.connection
+            if connection is None:
+                raise member.last_error or ConnectionLost(f"HSM {member.name} is not connected")
+            member.outstanding += 1
+            try:
+                return await connection.call(op, args)
+            except HsmStatusError as exc:
+                busy = exc.status == Status.BUSY
+                if not busy or self.retry_mode != "standard" or attempt >= BUSY_RETRIES:
+                    raise
+                backoff = BUSY_BACKOFF * (2**attempt) * (0.5 + random.random())
+                attempt += 1
+            except _CHANNEL_FAILURES as exc:
+                error = exc if isinstance(exc, ClientError) else ConnectionLost(str(exc))
+                if member.connection is connection:
+                    self._mark_down(member, error)
+                if error is exc:
+                    raise
+                raise error from None
+            finally:
+                member.outstanding -= 1
+            await asyncio.sleep(backoff)
+
+    async def call(
+        self, op: str, args: dict[str, Any] | None = None, *, member: HsmMember | None = None
+    ) -> Any:
+        """Send one request to one HSM (``member`` or the least loaded), failing over
+        idempotent requests to another HSM when a channel breaks."""
+        args = dict(args or {})
+        if member is None:
+            member = self._home_for(op, args)
+        tried: list[HsmMember] = []
+        while True:
+            try:
+                return await self._call_member(member, op, args)
+            except _CHANNEL_FAILURES:
+                tried.append(member)
+                if op not in IDEMPOTENT_OPS:
+                    raise
+                try:
+                    member = self.pick(exclude=tried)
+                except HsmStatusError:
+                    raise status_error(Status.HSM_UNAVAILABLE) from None
+
+    async def fan_out(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        *,
+        members: Sequence[HsmMember] | None = None,
+    ) -> list[MemberOutcome]:
+        """Send one request to every live HSM (or ``members``); one outcome per HSM."""
+        args = dict(args or {})
+        targets = list(members) if members is not None else self.live_members
+        if not targets:
+            raise status_error(Status.HSM_UNAVAILABLE)
+
+        async def one(member: HsmMember) -> MemberOutcome:
+            try:
+                return MemberOutcome(member, result=await self._call_member(member, op, args))
+            except ClientError as exc:
+                return MemberOutcome(member, error=exc)
+
+        return list(await asyncio.gather(*(one(member) for member in targets)))
+
+    def _home_for(self, op: str, args: dict[str, Any]) -> HsmMember:
+        for name in (*KEY_USING_OPS.get(op, ()), "key_reference"):
+            reference = args.get(name)
+            if isinstance(reference, int):
+                home = self._session_key_home.get(reference)
+                if home is not None and home.healthy:
+                    return home
+        return self.pick()
+
+    # -- login -------------------------------------------------------------------------------
+
+    async def login(self, username: str, role: str, password: str) -> dict[str, Any]:
+        """Log in on every reachable HSM. Succeeds when at least one HSM accepts; HSMs
+        that refuse are left out of this login's routing (their users have diverged)."""
+        if self._credentials is not None:
+            raise status_error(Status.ALREADY_LOGGED_IN)
+        args = {"username": username, "role": role, "password": password}
+        outcomes = await self.fan_out(Op.LOGIN, args)
+        accepted = [o for o in outcomes if o.ok]
+        if not accepted:
+            raise _first_error(outcomes)
+        for outcome in accepted:
+            outcome.member.logged_in = True
+        self._credentials = _Credentials(username, role, password)
+        result = accepted[0].result
+        return dict(result) if isinstance(result, dict) else {"username": username, "role": role}
+
+    async def logout(self) -> None:
+        if self._credentials is None:
+            raise status_error(Status.NOT_LOGGED_IN)
+        targets = [m for m in self.live_members if m.logged_in]
+        if targets:
+            await self.fan_out(Op.LOGOUT, {}, members=targets)
+        for member in self.members:
+            member.logged_in = False
+        self._credentials = None
+        self._session_key_home.clear()
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    async def create_key(self, op: str, args: dict[str, Any]) -> Any:
+        """Create a key on one HSM and clone token keys to every other reachable HSM."""
+        session = bool(args.get("session"))
+        if (
+            not session
+            and self.key_availability_check
+            and len(self._candidates()) < KEY_AVAILABILITY_MINIMUM
+        ):
+            raise status_error(Status.KEY_UNAVAILABLE)
+        origin = self._home_for(op, args)
+        result = await self._call_member(origin, op, args)
+        for key in _created_keys(op, result):
+            reference = key.get("key-reference")
+            if not isinstance(reference, int):
+                continue
+            token = (key.get("attributes") or {}).get("token", not session)
+            if token:
+                await self.clone_key(reference, origin)
+            else:
+                self._session_key_home[reference] = origin
+        return result
+
+    async def clone_key(self, reference: int, origin: HsmMember) -> list[MemberOutcome]:
+        """Copy a token key from ``origin`` to the other HSMs as a masked object."""
+        others = [m for m in self._candidates() if m is not origin]
+        if not others:
+            return []
+        extracted = await self._call_member(
+            origin, Op.KEY_EXTRACT_MASKED, {"key_reference": reference}
+        )
+        masked = extracted["masked_object"]
+        outcomes = await self.fan_out(
+            Op.KEY_INSERT_MASKED, {"masked_object": masked}, members=others
+        )
+        for outcome in outcomes:
+            if not outcome.ok:
+                log.warning(
+                    "cloning key 0x%016x to HSM %s failed: %s",
+                    reference,
+                    outcome.member.name,
+                    outcome.error,
+                )
+        return outcomes
+
+    async def key_holders(self, reference: int) -> tuple[list[HsmMember], bool]:
+        """The HSMs that hold a key, and whether it is a token key."""
+        home = self._session_key_home.get(reference)
+        if home is not None:
+            return ([home] if home.healthy else []), False
+        outcomes = await self.fan_out(
+            Op.KEY_GET, {"key_reference": reference}, members=self._candidates()
+        )
+        holders = [o.member for o in outcomes if o.ok]
+        token = True
+        for outcome in outcomes:
+            if outcome.ok and isinstance(outcome.result, dict):
+                key = outcome.result.get("key") or {}
+                token = bool((key.get("attributes") or {}).get("token", True))
+                break
+        if not holders:
+            raise _first_error(outcomes)
+        return holders, token
+
+    async def require_available(self, args: dict[str, Any], op: str = "") -> None:
+        """The key availability check for every key a request uses."""
+        names = KEY_USING_OPS.get(op, ()) if op else ()
+        for name in names:
+            reference = args.get(name)
+            if not isinstance(reference, int):
+                continue
+            holders, token = await self.key_holders(reference)
+            if token and len(holders) < KEY_AVAILABILITY_MINIMUM:
+                raise status_error(Status.KEY_UNAVAILABLE)
+
+    async def use_key(self, op: str, args: dict[str, Any]) -> Any:
+        """A request that uses keys: availability check, then the least-loaded holder."""
+        if op in KEY_CREATING_OPS:
+            if self.key_availability_check:
+                await self.require_available(args, op)
+            return await self.create_key(op, args)
+        if self.key_availability_check:
+            await self.require_available(args, op)
+        return await self.call(op, args)
+
+    async def change_key(self, op: str, args: dict[str, Any]) -> Any:
+        """Delete, share, unshare or set an attribute: on every HSM holding the key."""
+        reference = args.get("key_reference")
+        home = self._session_key_home.get(reference) if isinstance(reference, int) else None
+        if home is not None:
+            result = await self._call_member(home, op, args)
+            if op == Op.KEY_DELETE:
+                self._session_key_home.pop(reference, None)  # type: ignore[arg-type]
+            return result
+        outcomes = await self.fan_out(op, args, members=self._candidates())
+        accepted = [o for o in outcomes if o.ok]
+        if not accepted:
+            raise _first_error(outcomes)
+        refused = [
+            o for o in outcomes if not o.ok and o.status not in (Status.INVALID_HANDLE, None)
+        ]
+        if refused:
+            raise _first_error(refused)
+        return accepted[0].result
+
+
+def _created_keys(op: str, result: Any) -> list[dict[str, Any]]:
+    if not isinstance(result, dict):
+        return []
+    keys = []
+    for name in KEY_CREATING_OPS.get(op, ()):
+        key = result.get(name)
+        if isinstance(key, dict):
+            keys.append(key)
+    return keys
+
+
+def _first_error(outcomes: Sequence[MemberOutcome]) -> ClientError:
+    """The most telling error of several: an HSM's refusal before a channel failure."""
+    errors = [o.error for o in outcomes if o.error is not None]
+    for error in errors:
+        if isinstance(error, HsmStatusError):
+            return error
+    return errors[0] if errors else status_error(Status.HSM_UNAVAILABLE)

@@ -1,0 +1,108 @@
+"""cloudhsm-cli against a real simulated cluster on loopback: the first slice
+(cluster hsm-info, cluster activate, login, logout, user list)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fixtures.clients import CloudHsmCli, Credentials, run_cli
+from fixtures.cluster import ClusterUnderTest
+
+
+def test_hsm_info_lists_every_hsm_without_login(
+    cli: CloudHsmCli, cloudhsm_cluster: ClusterUnderTest
+) -> None:
+    data = cli.ok("cluster", "hsm-info")
+    assert len(data["hsms"]) == cloudhsm_cluster.hsm_count
+    for hsm in data["hsms"]:
+        assert set(hsm) == {
+            "vendor",
+            "model",
+            "serial-number",
+            "hardware-version-major",
+            "hardware-version-minor",
+            "firmware-version-major",
+            "firmware-version-minor",
+            "firmware-build-number",
+            "firmware-id",
+            "fips-state",
+        }
+        assert all(isinstance(value, str) for value in hsm.values())
+
+
+def test_second_activation_is_refused(cli: CloudHsmCli) -> None:
+    message = cli.error("cluster", "activate", "--password", "another-password")
+    assert message == "Cluster has already been activated"
+
+
+def test_user_list_needs_no_login_and_reports_coverage(cli: CloudHsmCli) -> None:
+    data = cli.ok("user", "list")
+    users = {user["username"]: user for user in data["users"]}
+    assert users["admin"] == {
+        "username": "admin",
+        "role": "admin",
+        "locked": "false",
+        "mfa": [],
+        "quorum": [],
+        "cluster-coverage": "full",
+    }
+
+
+def test_create_login_and_delete_a_crypto_user(admin_cli: CloudHsmCli, faker) -> None:  # type: ignore[no-untyped-def]
+    username = faker.unique.user_name().replace(".", "_")[:20]
+    created = admin_cli.ok(
+        "user",
+        "create",
+        "--username",
+        username,
+        "--role",
+        "crypto-user",
+        "--password",
+        "correct-horse",
+    )
+    assert created == {"username": username, "role": "crypto-user"}
+    assert (
+        admin_cli.error(
+            "user",
+            "create",
+            "--username",
+            username,
+            "--role",
+            "crypto-user",
+            "--password",
+            "correct-horse",
+        )
+        == "User already exists"
+    )
+    user = admin_cli.as_user(Credentials(username, "correct-horse", "crypto-user"))
+    listed = {u["username"]: u for u in user.ok("user", "list")["users"]}
+    assert listed[username]["role"] == "crypto-user"
+    assert listed[username]["cluster-coverage"] == "full"
+    deleted = admin_cli.ok("user", "delete", "--username", username, "--role", "crypto-user")
+    assert deleted == {"username": username, "role": "crypto-user"}
+    assert (
+        admin_cli.error("user", "delete", "--username", username, "--role", "crypto-user")
+        == "Specified user does not exist"
+    )
+
+
+def test_wrong_password_is_refused(cloudhsm_cluster: ClusterUnderTest) -> None:
+    envelope = run_cli(
+        cloudhsm_cluster.config_path, ["logout"], role="admin", pin="admin:wrong-password-1"
+    )
+    assert envelope == {
+        "error_code": 1,
+        "data": "Incorrect authentication credentials",
+        "exit_status": 1,
+    }
+
+
+def test_logout_after_login(admin_cli: CloudHsmCli) -> None:
+    assert admin_cli.ok("logout") == "Logout successful"
+
+
+def test_missing_config_is_a_precise_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.cfg"
+    envelope = run_cli(missing, ["user", "list"])
+    assert envelope["error_code"] == 1
+    assert envelope["data"] == f"Configuration file {missing} does not exist"
