@@ -16,11 +16,21 @@ from typing import Any
 
 import pytest
 
-from protocol.framing import FrameDecoder, FrameType, encode_frame
+from protocol.channel import (
+    HelloInfo,
+    encode_hello,
+    encode_hello_ack,
+    encode_host_error,
+    parse_hello,
+    parse_hello_ack,
+    parse_host_error,
+)
+from protocol.framing import Frame, FrameDecoder, FrameType, HostErrorCode, encode_frame
 from protocol.messages import (
     MessageDecoder,
     Request,
     Response,
+    decode_cbor,
     encode_message,
     parse_request,
     parse_response,
@@ -124,3 +134,52 @@ def test_frame_encodes_to_vector_and_decodes(vector: dict[str, Any]) -> None:
     (frame,) = decoder.frames()
     assert (frame.type, frame.payload) == (frame_type, payload)
     assert decoder.pending == 0
+
+
+def _frames_of(frame_type: FrameType) -> list[dict[str, Any]]:
+    return [v for v in FRAMES["frames"] if v["type"] == frame_type.name]
+
+
+def test_every_frame_type_has_a_vector() -> None:
+    """The vectors cover every frame type of the wire, so none is left unpinned."""
+    assert {v["type"] for v in FRAMES["frames"]} == {t.name for t in FrameType}
+
+
+@pytest.mark.parametrize(
+    "vector", _frames_of(FrameType.HELLO), ids=_ids(_frames_of(FrameType.HELLO))
+)
+def test_hello_is_encoded_by_the_client_as_pinned(vector: dict[str, Any]) -> None:
+    """The client's HELLO (versions offered, client name) encodes to the golden bytes."""
+    frame = Frame(FrameType.HELLO, bytes.fromhex(vector["payload_hex"]))
+    versions, client = parse_hello(frame)
+    assert encode_hello(client, versions).hex() == vector["hex"]
+
+
+@pytest.mark.parametrize(
+    "vector", _frames_of(FrameType.HELLO_ACK), ids=_ids(_frames_of(FrameType.HELLO_ACK))
+)
+def test_hello_ack_is_encoded_by_the_host_as_pinned(vector: dict[str, Any]) -> None:
+    """The host's HELLO_ACK (version chosen, cluster and HSM ids) round-trips to the golden
+    bytes."""
+    info = parse_hello_ack(Frame(FrameType.HELLO_ACK, bytes.fromhex(vector["payload_hex"])))
+    assert isinstance(info, HelloInfo)
+    assert info.cluster_id.startswith("cluster-")
+    assert info.hsm_id.startswith("hsm-")
+    assert encode_hello_ack(info).hex() == vector["hex"]
+
+
+@pytest.mark.parametrize(
+    "vector", _frames_of(FrameType.HOST_ERROR), ids=_ids(_frames_of(FrameType.HOST_ERROR))
+)
+def test_host_error_is_encoded_as_pinned(vector: dict[str, Any]) -> None:
+    """A HOST_ERROR carries a known code and a message, and encodes to the golden bytes."""
+    error = parse_host_error(Frame(FrameType.HOST_ERROR, bytes.fromhex(vector["payload_hex"])))
+    assert error.code in HostErrorCode
+    assert encode_host_error(error.code, error.message).hex() == vector["hex"]
+
+
+def test_control_payloads_are_canonical_cbor_maps() -> None:
+    """Control payloads are CBOR maps that the strict decoder accepts."""
+    for vector in FRAMES["frames"]:
+        if vector["type"] in ("HELLO", "HELLO_ACK", "HOST_ERROR"):
+            assert isinstance(decode_cbor(bytes.fromhex(vector["payload_hex"])), dict)
