@@ -160,6 +160,12 @@ async def _up(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    # Check a supplied customer CA before anything is created: bad input changes nothing.
+    supplied = (
+        await asyncio.to_thread(_load_customer_ca, args, data_dir)
+        if args.customer_ca_cert or args.customer_ca_key
+        else None
+    )
     reopened = (data_dir / CLUSTER_FILE).exists()
     cluster = await LocalCluster.create(
         data_dir, hsms=args.hsms, hsm_type=args.hsm_type, host=args.host
@@ -173,7 +179,9 @@ async def _up(args: argparse.Namespace) -> int:
     await cluster.start()
     try:
         if not args.no_initialize and cluster.state == "UNINITIALIZED":
-            ca, generated = await asyncio.to_thread(_load_customer_ca, args, data_dir)
+            if supplied is None:
+                supplied = await asyncio.to_thread(_load_customer_ca, args, data_dir)
+            ca, generated = supplied
             await cluster.initialize_with(ca)
             pki.write_public(data_dir / CUSTOMER_CA_FILE, ca.cert_pem)
             if generated:

@@ -1,0 +1,280 @@
+"""The CloudHSM v2 control plane, driven by boto3 (and by raw HTTP for the wire edges)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from simulator import pki
+from simulator.cluster import ClusterThread
+
+
+def _client(running: ClusterThread) -> Any:
+    return boto3.client(
+        "cloudhsmv2",
+        endpoint_url=running.cluster.control_plane_url,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
+
+
+@pytest.fixture(scope="module")
+def uninitialized() -> Iterator[ClusterThread]:
+    """One cluster the rejection tests share: a rejection must change nothing."""
+    with ClusterThread(None, hsms=1) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh() -> Iterator[ClusterThread]:
+    with ClusterThread(None, hsms=1) as running:
+        yield running
+
+
+def _error(call: Any, **kwargs: Any) -> tuple[str, str]:
+    with pytest.raises(ClientError) as caught:
+        call(**kwargs)
+    error = caught.value.response["Error"]
+    return error["Code"], error["Message"]
+
+
+def _assert_unchanged(running: ClusterThread) -> None:
+    described = _client(running).describe_clusters()["Clusters"][0]
+    assert described["State"] == "UNINITIALIZED"
+    assert "ClusterCsr" in described["Certificates"]
+    assert "ClusterCertificate" not in described["Certificates"]
+
+
+# -- DescribeClusters ----------------------------------------------------------------
+
+
+def test_describe_clusters_through_boto3(uninitialized: ClusterThread) -> None:
+    client = _client(uninitialized)
+    clusters = client.describe_clusters()["Clusters"]
+    assert len(clusters) == 1
+    cluster = clusters[0]
+    assert cluster["ClusterId"] == uninitialized.cluster.cluster_id
+    assert cluster["State"] == "UNINITIALIZED"
+    assert cluster["HsmType"] == "hsm2m.medium"
+    assert cluster["BackupPolicy"] == "DEFAULT"
+    assert cluster["Mode"] == "FIPS"
+    assert cluster["Hsms"][0]["EniIp"] == "127.0.0.1"
+    # botocore turns the epoch-seconds float into a datetime.
+    assert cluster["CreateTimestamp"].year >= 2024
+    assert cluster["Certificates"]["ClusterCsr"].startswith("-----BEGIN CERTIFICATE REQUEST-----")
+
+
+@pytest.mark.parametrize(
+    ("filters", "count"),
+    [
+        ({}, 1),
+        ({"states": ["UNINITIALIZED"]}, 1),
+        ({"states": ["ACTIVE"]}, 0),
+        ({"clusterIds": ["cluster-aaaaaaaaaaa"]}, 0),
+        ({"vpcIds": ["vpc-0123456789abcdef0"]}, 0),
+    ],
+)
+def test_describe_clusters_filters(
+    uninitialized: ClusterThread, filters: dict[str, list[str]], count: int
+) -> None:
+    clusters = _client(uninitialized).describe_clusters(Filters=filters)["Clusters"]
+    assert len(clusters) == count
+
+
+def test_describe_clusters_filter_by_own_ids(uninitialized: ClusterThread) -> None:
+    client = _client(uninitialized)
+    cluster = client.describe_clusters()["Clusters"][0]
+    by_id = client.describe_clusters(Filters={"clusterIds": [cluster["ClusterId"]]})
+    by_vpc = client.describe_clusters(Filters={"vpcIds": [cluster["VpcId"]]})
+    assert by_id["Clusters"] == by_vpc["Clusters"] == [cluster]
+
+
+def test_describe_clusters_paginates(uninitialized: ClusterThread) -> None:
+    client = _client(uninitialized)
+    pages = list(
+        client.get_paginator("describe_clusters").paginate(PaginationConfig={"PageSize": 1})
+    )
+    assert [len(page["Clusters"]) for page in pages] == [1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"Filters": {"colour": ["blue"]}}, "Invalid filter key: colour"),
+        ({"NextToken": "not-a-token"}, "NextToken is invalid"),
+    ],
+)
+def test_describe_clusters_rejects_bad_input(
+    uninitialized: ClusterThread, kwargs: dict[str, Any], fragment: str
+) -> None:
+    code, message = _error(_client(uninitialized).describe_clusters, **kwargs)
+    assert code == "CloudHsmInvalidRequestException"
+    assert fragment in message
+
+
+# -- InitializeCluster -------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    done = subprocess.run(
+        ["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_initialize_with_the_aws_guide_commands(fresh: ClusterThread, tmp_path: Path) -> None:
+    client = _client(fresh)
+    cluster_id = fresh.cluster.cluster_id
+    csr = client.describe_clusters(Filters={"clusterIds": [cluster_id]})["Clusters"][0][
+        "Certificates"
+    ]["ClusterCsr"]
+    (tmp_path / f"{cluster_id}_ClusterCsr.csr").write_text(csr)
+    _openssl(
+        "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3652",
+        "-subj", "/C=US/O=Example/CN=Example customer CA",
+        "-keyout", "customerCA.key", "-out", "customerCA.crt",
+        cwd=tmp_path,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-days", "3652", "-in", f"{cluster_id}_ClusterCsr.csr",
+        "-CA", "customerCA.crt", "-CAkey", "customerCA.key", "-CAcreateserial",
+        "-out", f"{cluster_id}_CustomerHsmCertificate.crt",
+        cwd=tmp_path,
+    )  # fmt: skip
+    answer = client.initialize_cluster(
+        ClusterId=cluster_id,
+        SignedCert=(tmp_path / f"{cluster_id}_CustomerHsmCertificate.crt").read_text(),
+        TrustAnchor=(tmp_path / "customerCA.crt").read_text(),
+    )
+    assert answer["State"] == "INITIALIZE_IN_PROGRESS"
+    assert answer["StateMessage"] == (
+        "Cluster is initializing. State will change to INITIALIZED upon completion."
+    )
+    fresh.run(fresh.cluster.wait_initialized())
+    described = client.describe_clusters()["Clusters"][0]
+    assert described["State"] == "INITIALIZED"
+    assert "ClusterCsr" not in described["Certificates"]
+    assert described["Certificates"]["ClusterCertificate"].strip() == (
+        (tmp_path / f"{cluster_id}_CustomerHsmCertificate.crt").read_text().strip()
+    )
+    code, message = _error(
+        client.initialize_cluster,
+        ClusterId=cluster_id,
+        SignedCert=described["Certificates"]["ClusterCertificate"],
+        TrustAnchor=(tmp_path / "customerCA.crt").read_text(),
+    )
+    assert code == "CloudHsmInvalidRequestException"
+    assert "requires UNINITIALIZED" in message
+
+
+@pytest.fixture(scope="module")
+def good(uninitialized: ClusterThread) -> tuple[str, str, pki.Credential]:
+    ca = pki.generate_customer_ca()
+    signed = pki.sign_cluster_csr(uninitialized.cluster.cluster_csr_pem, ca).decode()
+    return signed, ca.cert_pem.decode(), ca
+
+
+def _bad_cases(uninitialized: ClusterThread, good: tuple[str, str, pki.Credential]) -> list[Any]:
+    signed, anchor, ca = good
+    other = pki.generate_customer_ca("Another CA")
+    other_key_csr = pki.make_cluster_csr(pki.generate_rsa_key(), "5.3G0000-ICM000000", "cluster-x")
+    return [
+        (signed, anchor + "\n" * 5000, "less than or equal to 5000"),
+        (signed + "\n" * 5000, anchor, "less than or equal to 5000"),
+        (signed, "not a certificate", "TrustAnchor is not a valid PEM"),
+        ("not a certificate", anchor, "SignedCert is not a valid PEM"),
+        (signed, anchor + other.cert_pem.decode(), "Certificate chains are not accepted"),
+        (pki.sign_cluster_csr(uninitialized.cluster.cluster_csr_pem, other).decode(), anchor, "was not issued by TrustAnchor"),
+        (pki.sign_cluster_csr(other_key_csr, ca).decode(), anchor, "public key differs"),
+        (signed, signed, "must be a self-signed root"),
+    ]  # fmt: skip
+
+
+def test_every_initialize_rejection_through_boto3(
+    uninitialized: ClusterThread, good: tuple[str, str, pki.Credential]
+) -> None:
+    client = _client(uninitialized)
+    cluster_id = uninitialized.cluster.cluster_id
+    for signed, anchor, fragment in _bad_cases(uninitialized, good):
+        code, message = _error(
+            client.initialize_cluster, ClusterId=cluster_id, SignedCert=signed, TrustAnchor=anchor
+        )
+        assert code == "CloudHsmInvalidRequestException"
+        assert fragment in message
+        _assert_unchanged(uninitialized)
+
+
+def test_initialize_unknown_and_malformed_cluster_ids(
+    uninitialized: ClusterThread, good: tuple[str, str, pki.Credential]
+) -> None:
+    signed, anchor, _ = good
+    client = _client(uninitialized)
+    code, message = _error(
+        client.initialize_cluster,
+        ClusterId="cluster-aaaaaaaaaaa",
+        SignedCert=signed,
+        TrustAnchor=anchor,
+    )
+    assert code == "CloudHsmResourceNotFoundException"
+    assert "cluster-aaaaaaaaaaa" in message
+    code, message = _error(
+        client.initialize_cluster, ClusterId="cluster-1", SignedCert=signed, TrustAnchor=anchor
+    )
+    assert code == "CloudHsmInvalidRequestException"
+    assert "regular expression pattern" in message
+    _assert_unchanged(uninitialized)
+
+
+# -- the wire ---------------------------------------------------------------------------
+
+
+def _raw(running: ClusterThread, target: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
+    _, _, rest = (running.cluster.control_plane_url or "").partition("://")
+    host, _, port = rest.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = {"Content-Type": "application/x-amz-json-1.1"}
+    if target:
+        headers["X-Amz-Target"] = target
+    try:
+        connection.request("POST", "/", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_wire_errors(uninitialized: ClusterThread) -> None:
+    status, body = _raw(uninitialized, "BaldrApiService.CreateWidget", b"{}")
+    assert (status, body["__type"]) == (400, "UnknownOperationException")
+    status, body = _raw(uninitialized, "BaldrApiService.DescribeClusters", b"{not json")
+    assert (status, body["__type"]) == (400, "SerializationException")
+    status, body = _raw(uninitialized, "BaldrApiService.InitializeCluster", b"{}")
+    assert body["__type"] == "CloudHsmInvalidRequestException"
+    assert "Value null at 'clusterId'" in body["message"]
+    status, body = _raw(uninitialized, "BaldrApiService.DescribeClusters", b"")
+    assert status == 200
+    assert len(body["Clusters"]) == 1
+
+
+def test_garbage_gets_an_answer_and_the_server_keeps_serving(uninitialized: ClusterThread) -> None:
+    _, _, rest = (uninitialized.cluster.control_plane_url or "").partition("://")
+    host, _, port = rest.rpartition(":")
+    for garbage in (
+        b"\x00\xff garbage\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(garbage)
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 4")
+    assert len(_client(uninitialized).describe_clusters()["Clusters"]) == 1
