@@ -1,0 +1,307 @@
+"""Family ``users``: HSM users as CloudHSM CLI scripts see them.
+
+Every scenario drives ``cloudhsm-cli`` (single-command mode, credentials in
+``CLOUDHSM_ROLE``/``CLOUDHSM_PIN``) against the session's cluster and checks
+only what the CLI prints: roles, username and password rules, the lockout
+after five failed logins, the unlock by password change, the rule that a user
+who owns keys cannot be deleted, and the permission table (spec §3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fixtures.clients import CloudHsmCli, Credentials
+from fixtures.users import UserFactory, UserNames
+
+pytestmark = pytest.mark.conformance("users")
+
+
+def listed(cli: CloudHsmCli, username: str) -> dict[str, Any] | None:
+    """The ``user list`` entry of ``username``, or None."""
+    users = cli.ok("user", "list")["users"]
+    matches = [u for u in users if u["username"] == username]
+    assert len(matches) <= 1, f"{username} listed twice: {matches}"
+    return matches[0] if matches else None
+
+
+def login(cli: CloudHsmCli, user: Credentials, password: str | None = None) -> dict[str, Any]:
+    return cli(
+        "login",
+        "--username",
+        user.username,
+        "--role",
+        user.role,
+        "--password",
+        user.password if password is None else password,
+    )
+
+
+def test_user_list_needs_no_login_and_shows_the_admin(cli: CloudHsmCli) -> None:
+    """`user list` works without logging in and shows the activated admin with the documented
+    fields: role admin, not locked, no MFA or quorum registration, full cluster coverage."""
+    admin = listed(cli, "admin")
+    assert admin == {
+        "username": "admin",
+        "role": "admin",
+        "locked": "false",
+        "mfa": [],
+        "quorum": [],
+        "cluster-coverage": "full",
+    }
+
+
+def test_admin_creates_lists_and_deletes_a_crypto_user(
+    admin_cli: CloudHsmCli, cli: CloudHsmCli, user_names: UserNames
+) -> None:
+    """An admin creates a crypto user (the CLI answers with its name and role), the user
+    appears in `user list` on every HSM, and after `user delete` it is gone."""
+    username, password = user_names.username(), user_names.password()
+    created = admin_cli.ok(
+        "user", "create", "--username", username, "--role", "crypto-user", "--password", password
+    )
+    assert created == {"username": username, "role": "crypto-user"}
+    entry = listed(cli, username)
+    assert entry is not None
+    assert (entry["role"], entry["locked"], entry["cluster-coverage"]) == (
+        "crypto-user",
+        "false",
+        "full",
+    )
+    deleted = admin_cli.ok("user", "delete", "--username", username, "--role", "crypto-user")
+    assert deleted == {"username": username, "role": "crypto-user"}
+    assert listed(cli, username) is None
+
+
+def test_admin_creates_another_admin_who_can_log_in(
+    admin_user: UserFactory, cli: CloudHsmCli
+) -> None:
+    """A second admin created by the first can log in with the admin role."""
+    officer = admin_user("officer_")
+    assert login(cli, officer)["data"] == {"username": officer.username, "role": "admin"}
+
+
+def test_usernames_are_case_insensitive_and_shown_lowercase(
+    admin_cli: CloudHsmCli, cli: CloudHsmCli, user_names: UserNames
+) -> None:
+    """A username given in mixed case is stored and shown in lower case, and the same name
+    in another case is the same user: creating it again says `User already exists`."""
+    username = user_names.username()
+    mixed = username.upper()
+    password = user_names.password()
+    created = admin_cli.ok(
+        "user", "create", "--username", mixed, "--role", "crypto-user", "--password", password
+    )
+    assert created["username"] == username
+    assert listed(cli, username) is not None
+    message = admin_cli.error(
+        "user", "create", "--username", username, "--role", "crypto-user", "--password", password
+    )
+    assert "User already exists" in message
+
+
+def test_deleting_a_missing_user_is_refused(admin_cli: CloudHsmCli, user_names: UserNames) -> None:
+    """Deleting a user that does not exist fails with `Specified user does not exist`."""
+    message = admin_cli.error(
+        "user", "delete", "--username", user_names.username(), "--role", "crypto-user"
+    )
+    assert message == "Specified user does not exist"
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        ("u" * 32, "password-ok-1"),  # 32 characters: one too many
+        ("dash-name", "password-ok-1"),  # only letters, digits and _
+        ("", "password-ok-1"),
+        ("short_pw_user", "7chars!"),  # passwords are 8 to 32 characters
+        ("long_pw_user", "p" * 33),
+    ],
+    ids=["username-32-chars", "username-dash", "username-empty", "password-7", "password-33"],
+)
+def test_bad_username_or_password_is_refused_and_changes_nothing(
+    admin_cli: CloudHsmCli, cli: CloudHsmCli, username: str, password: str
+) -> None:
+    """A username over 31 characters or outside [A-Za-z0-9_], or a password outside 8..32
+    characters, is refused with error_code 1 and `user list` is unchanged."""
+    before = cli.ok("user", "list")
+    admin_cli.error(
+        "user", "create", "--username", username, "--role", "crypto-user", "--password", password
+    )
+    assert cli.ok("user", "list") == before
+
+
+def test_a_31_character_username_is_accepted(admin_cli: CloudHsmCli, user_names: UserNames) -> None:
+    """31 characters is the longest username CloudHSM accepts."""
+    username = (user_names.username() + "x" * 31)[:31]
+    created = admin_cli.ok(
+        "user",
+        "create",
+        "--username",
+        username,
+        "--role",
+        "crypto-user",
+        "--password",
+        user_names.password(),
+    )
+    assert created["username"] == username
+
+
+def test_role_must_be_admin_or_crypto_user(admin_cli: CloudHsmCli, user_names: UserNames) -> None:
+    """`--role` accepts only admin and crypto-user; the internal roles cannot be created."""
+    for role in ("unactivated-admin", "appliance", "CU"):
+        admin_cli.error(
+            "user",
+            "create",
+            "--username",
+            user_names.username(),
+            "--role",
+            role,
+            "--password",
+            user_names.password(),
+        )
+
+
+def test_lockout_after_five_failed_logins_and_password_change_unlocks(
+    crypto_user: UserFactory, cli: CloudHsmCli, admin_cli: CloudHsmCli, user_names: UserNames
+) -> None:
+    """Five logins with a wrong password lock the user: the right password is then refused
+    and `user list` shows locked true. An admin's `user change-password` unlocks it and the
+    new password logs in."""
+    alice = crypto_user()
+    for _ in range(5):
+        assert login(cli, alice, password="not-" + alice.password)["error_code"] == 1
+    assert login(cli, alice)["error_code"] == 1
+    entry = listed(cli, alice.username)
+    assert entry is not None
+    assert entry["locked"] == "true"
+
+    new_password = user_names.password()
+    admin_cli.ok(
+        "user",
+        "change-password",
+        "--username",
+        alice.username,
+        "--role",
+        "crypto-user",
+        "--password",
+        new_password,
+    )
+    entry = listed(cli, alice.username)
+    assert entry is not None
+    assert entry["locked"] == "false"
+    assert login(cli, alice, password=new_password)["error_code"] == 0
+
+
+def test_four_failed_logins_do_not_lock(crypto_user: UserFactory, cli: CloudHsmCli) -> None:
+    """Below the threshold the counter does not lock: after four wrong passwords the right
+    one still logs in."""
+    bob = crypto_user()
+    for _ in range(4):
+        assert login(cli, bob, password="wrong-" + bob.password)["error_code"] == 1
+    assert login(cli, bob)["data"] == {"username": bob.username, "role": "crypto-user"}
+
+
+def test_crypto_user_changes_own_password_not_others(
+    crypto_user: UserFactory, cli: CloudHsmCli, user_names: UserNames
+) -> None:
+    """A crypto user may change its own password, not another user's."""
+    carol, dave = crypto_user(), crypto_user()
+    as_carol = cli.as_user(carol)
+    new_password = user_names.password()
+    as_carol.ok(
+        "user",
+        "change-password",
+        "--username",
+        carol.username,
+        "--role",
+        "crypto-user",
+        "--password",
+        new_password,
+    )
+    assert login(cli, carol, password=new_password)["error_code"] == 0
+    cli.as_user(Credentials(carol.username, new_password, "crypto-user")).error(
+        "user",
+        "change-password",
+        "--username",
+        dave.username,
+        "--role",
+        "crypto-user",
+        "--password",
+        user_names.password(),
+    )
+    assert login(cli, dave)["error_code"] == 0
+
+
+def test_user_owning_a_key_cannot_be_deleted(
+    crypto_user: UserFactory, cli: CloudHsmCli, admin_cli: CloudHsmCli
+) -> None:
+    """An admin cannot delete a crypto user who owns a key; once the key is deleted, the
+    user can be."""
+    erin = crypto_user()
+    as_erin = cli.as_user(erin)
+    key = as_erin.ok(
+        "key", "generate-symmetric", "aes", "--label", "erin-key", "--key-length-bytes", "16"
+    )["key"]
+    admin_cli.error("user", "delete", "--username", erin.username, "--role", "crypto-user")
+    assert listed(cli, erin.username) is not None
+    as_erin.ok("key", "delete", "--filter", f"key-reference={key['key-reference']}")
+    admin_cli.ok("user", "delete", "--username", erin.username, "--role", "crypto-user")
+    assert listed(cli, erin.username) is None
+
+
+def test_crypto_user_cannot_manage_users(
+    crypto_user: UserFactory, cli: CloudHsmCli, user_names: UserNames
+) -> None:
+    """Permission table: a crypto user cannot create or delete users."""
+    frank, grace = crypto_user(), crypto_user()
+    as_frank = cli.as_user(frank)
+    newcomer = user_names.username()
+    as_frank.error(
+        "user",
+        "create",
+        "--username",
+        newcomer,
+        "--role",
+        "crypto-user",
+        "--password",
+        user_names.password(),
+    )
+    assert listed(cli, newcomer) is None
+    as_frank.error("user", "delete", "--username", grace.username, "--role", "crypto-user")
+    assert listed(cli, grace.username) is not None
+
+
+def test_admin_cannot_create_or_use_keys(admin_cli: CloudHsmCli) -> None:
+    """Permission table: an admin manages users, not keys; generating a key is refused."""
+    admin_cli.error(
+        "key", "generate-symmetric", "aes", "--label", "admin-key", "--key-length-bytes", "16"
+    )
+
+
+def test_key_commands_need_a_login(cli: CloudHsmCli) -> None:
+    """Without credentials, key commands are refused while `cluster hsm-info` and the quorum
+    listings stay open to anyone."""
+    cli.error("key", "list")
+    cli.error("key", "generate-symmetric", "aes", "--label", "anon", "--key-length-bytes", "16")
+    hsms = cli.ok("cluster", "hsm-info")["hsms"]
+    assert hsms
+    assert all(h["vendor"] == "Marvell Semiconductors, Inc." for h in hsms)
+    assert set(cli.ok("quorum", "token-sign", "list-quorum-values")) >= {"user", "quorum"}
+    assert cli.ok("quorum", "token-sign", "list-timeouts") == {"generated": 600, "approved": 600}
+
+
+def test_wrong_password_and_unknown_user_are_refused_alike(
+    crypto_user: UserFactory, cli: CloudHsmCli, user_names: UserNames
+) -> None:
+    """A wrong password and an unknown username both fail to log in, with one message that
+    does not tell an attacker which it was."""
+    henry = crypto_user()
+    wrong_password = login(cli, henry, password="x" + henry.password)
+    ghost = Credentials(user_names.username(), user_names.password(), "crypto-user")
+    unknown_user = login(cli, ghost)
+    assert wrong_password["error_code"] == unknown_user["error_code"] == 1
+    assert wrong_password["data"] == unknown_user["data"] == "Incorrect authentication credentials"
+    assert henry.password not in wrong_password["data"]
