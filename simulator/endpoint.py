@@ -217,6 +217,7 @@ class EndpointChannel:
         self._messages = MessageDecoder()
         self._session: int | None = None
         self._session_error: str | None = None
+        self._session_tried = False
         self._closed = False
         self._outbox = bytearray()
         self._flush_scheduled = False
@@ -245,7 +246,6 @@ class EndpointChannel:
             if not done:
                 return
             self.client_cert_der = self._pump.peer_certificate_der()
-            self._submit(self._open_session)
         try:
             plaintext = self._pump.read()
         except ssl.SSLError as exc:
@@ -271,6 +271,9 @@ class EndpointChannel:
     # -- the HSM's worker thread ----------------------------------------------------
 
     def _open_session(self) -> None:
+        # Opened with the first request, not at the handshake: a client that
+        # refuses the HSM after the handshake (wrong cluster) never touches it.
+        self._session_tried = True
         try:
             self._session = self._endpoint.hsm.open_session(
                 peer=self._peer, client_cert_der=self.client_cert_der
@@ -281,6 +284,8 @@ class EndpointChannel:
     def _run_batch(self, requests: list[Request]) -> None:
         # Requests of one batch arrived together; answering each as soon as it is
         # done keeps a slow op from holding back the ones before it.
+        if not self._session_tried:
+            self._open_session()
         for request in requests:
             if self._closed:
                 return

@@ -36,6 +36,7 @@ from protocol.channel import (
 )
 from protocol.errors import ProtocolError, VersionMismatch
 from protocol.framing import Frame, FrameDecoder, FrameType, HostErrorCode, encode_tls
+from protocol.tls import TlsPump
 from simulator.endpoint import EndpointChannel, EndpointError, HsmEndpoint
 
 __all__ = ["CONNECTION_LIMIT", "HelloInfo", "ServerHost"]
@@ -48,9 +49,8 @@ CONNECTION_LIMIT = 2048
 #: A client must say hello this soon after the outer handshake.
 HELLO_TIMEOUT = 10.0
 
-#: Outer TLS handshake and shutdown bounds.
+#: A client must finish the outer TLS handshake this soon after connecting.
 TLS_HANDSHAKE_TIMEOUT = 10.0
-TLS_SHUTDOWN_TIMEOUT = 5.0
 
 #: How long stop() waits for connections to finish closing.
 STOP_GRACE = 5.0
@@ -72,6 +72,7 @@ def _host_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None) 
 
 
 class _Stage(enum.Enum):
+    HANDSHAKE = "handshake"
     HELLO = "hello"
     OPENING = "opening"
     RELAY = "relay"
@@ -79,16 +80,24 @@ class _Stage(enum.Enum):
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: the host's side of the frame conversation."""
+    """One client connection: outer TLS, then the host's side of the frame conversation.
+
+    The outer TLS runs through a :class:`TlsPump` over the raw TCP transport
+    rather than asyncio's SSL transport, because asyncio drops the alert a
+    failed server handshake writes (the client would see a bare reset instead
+    of "certificate required" or "protocol version").
+    """
 
     def __init__(self, host: ServerHost) -> None:
         self._host = host
         self._decoder = FrameDecoder()
-        self._stage = _Stage.HELLO
+        self._tls = TlsPump(host._context, server_side=True)
+        self._stage = _Stage.HANDSHAKE
         self._transport: asyncio.Transport | None = None
         self._channel: EndpointChannel | None = None
         self._early_tls: list[bytes] = []
-        self._hello_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._address = ""
         self.peer = "unknown"
         self.lost = asyncio.get_running_loop().create_future()
 
@@ -98,29 +107,35 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         peername = transport.get_extra_info("peername")
-        address = str(peername[0]) if peername else ""
-        self.peer = f"{address}:{peername[1]}" if peername else "unknown"
+        self._address = str(peername[0]) if peername else ""
+        self.peer = f"{self._address}:{peername[1]}" if peername else "unknown"
         self._host._connections.add(self)
+        self._timer = asyncio.get_running_loop().call_later(TLS_HANDSHAKE_TIMEOUT, self._timed_out)
+
+    def _on_secure(self) -> bool:
+        """Outer TLS is up: apply the host's admission rules; False if it refused."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stage = _Stage.HELLO
         if len(self._host._connections) > CONNECTION_LIMIT:
             self.refuse(
                 HostErrorCode.CONNECTION_LIMIT,
                 f"{self._host.hello.hsm_id} already serves {CONNECTION_LIMIT} connections",
             )
-            return
-        if not self._host._admits(address):
+            return False
+        if not self._host._admits(self._address):
             _log.info("security group refused %s", self.peer)
             self.refuse(
                 HostErrorCode.SECURITY_GROUP_REFUSED,
-                f"connection from {address} refused: the address is not allowed by the "
+                f"connection from {self._address} refused: the address is not allowed by the "
                 f"security group of {self._host.hello.hsm_id} in {self._host.hello.cluster_id}",
             )
-            return
+            return False
         if not self._host.available:
             self.refuse(HostErrorCode.HSM_UNAVAILABLE, self._host._unavailable_message())
-            return
-        self._hello_timer = asyncio.get_running_loop().call_later(
-            HELLO_TIMEOUT, self._hello_timed_out
-        )
+            return False
+        self._timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._timed_out)
+        return True
 
     @property
     def closed(self) -> bool:
@@ -129,8 +144,37 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self._tls.receive_tls(data)
+        if self._stage is _Stage.HANDSHAKE:
+            try:
+                done = self._tls.do_handshake()
+            except ssl.SSLError as exc:
+                # Send the alert (protocol version, certificate required...) then close.
+                _log.debug("outer TLS handshake with %s failed: %s", self.peer, exc)
+                self._flush_tls()
+                self._close_transport()
+                return
+            self._flush_tls()
+            if not done:
+                return
+            if not self._on_secure():
+                return
         try:
-            self._decoder.receive_data(data)
+            plaintext = self._tls.read()
+        except ssl.SSLError as exc:
+            _log.debug("outer TLS with %s failed: %s", self.peer, exc)
+            self._flush_tls()
+            self.abort()
+            return
+        self._flush_tls()
+        if plaintext:
+            self._on_plaintext(plaintext)
+        if self._tls.peer_closed and not self.closed:
+            self.close()
+
+    def _on_plaintext(self, plaintext: bytes) -> None:
+        try:
+            self._decoder.receive_data(plaintext)
             while not self.closed and (frame := self._decoder.next_frame()):
                 self._on_frame(frame)
         except VersionMismatch as exc:
@@ -143,10 +187,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stage = _Stage.CLOSED
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._channel is not None:
-            self._channel.close(None)
+            channel, self._channel = self._channel, None
+            channel.close(None)
         self._host._connections.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
@@ -160,8 +205,8 @@ class _Connection(asyncio.Protocol):
         if self._stage is _Stage.HELLO:
             versions, _client = parse_hello(frame)
             version = choose_version(versions)
-            if self._hello_timer is not None:
-                self._hello_timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             hello = self._host.hello
             self._write(
                 encode_hello_ack(HelloInfo(hello.cluster_id, hello.hsm_id, version=version))
@@ -193,8 +238,10 @@ class _Connection(asyncio.Protocol):
         for payload in early:
             channel.receive_tls(payload)
 
-    def _hello_timed_out(self) -> None:
-        if self._stage is _Stage.HELLO:
+    def _timed_out(self) -> None:
+        if self._stage is _Stage.HANDSHAKE:
+            self.abort()
+        elif self._stage is _Stage.HELLO:
             self.refuse(HostErrorCode.PROTOCOL_ERROR, f"no hello within {HELLO_TIMEOUT} s")
 
     # -- ChannelSink (called by the endpoint channel) ---------------------------------
@@ -214,21 +261,36 @@ class _Connection(asyncio.Protocol):
     # -- closing -------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+        """Send plaintext (frames) through the outer TLS."""
+        if self.closed or self._stage is _Stage.HANDSHAKE:
+            return
+        self._tls.write(data)
+        self._flush_tls()
+
+    def _flush_tls(self) -> None:
+        outgoing = self._tls.take_outgoing()
+        if outgoing and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(outgoing)
 
     def refuse(self, code: HostErrorCode, message: str) -> None:
         """Send HOST_ERROR and close (after the write buffer drains)."""
-        if self._stage is _Stage.CLOSED:
+        if self.closed:
             return
         self._write(encode_host_error(code, message))
         self.close()
 
     def close(self) -> None:
-        self._stage = _Stage.CLOSED
+        """Orderly close: end the inner channel, close_notify, then the socket."""
         if self._channel is not None:
             channel, self._channel = self._channel, None
             channel.close(None)
+        if self._stage is not _Stage.HANDSHAKE and not self.closed:
+            self._tls.close()
+            self._flush_tls()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        self._stage = _Stage.CLOSED
         if self._transport is not None:
             self._transport.close()
 
@@ -270,9 +332,6 @@ class ServerHost:
             lambda: _Connection(self),
             self._bind[0],
             self._bind[1],
-            ssl=self._context,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
             reuse_address=True,
         )
 
