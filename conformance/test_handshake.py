@@ -145,10 +145,14 @@ def test_severed_connection_fails_requests_in_flight(single_hsm_target: SingleHs
         connection = await HsmConnection.open(target.host, target.port, target.settings)
         await connection.call("hsm.info")
         target.loop.call(target.server.sever)
-        with pytest.raises(errors.ConnectionLost):
+
+        async def keep_asking() -> None:
             async with asyncio.timeout(10):
                 while True:
                     await connection.call("hsm.info")
+
+        with pytest.raises(errors.ConnectionLost):
+            await keep_asking()
         await connection.close()
 
     asyncio.run(scenario())
