@@ -6,6 +6,7 @@ Commands::
                       [--customer-ca-cert F --customer-ca-key F] [--ready-file PATH] [--host H]
     cloudhsm-local cluster describe [--data-dir DIR | --endpoint URL] [--cluster-id ID]
     cloudhsm-local cluster csr [--data-dir DIR | --endpoint URL] [--cluster-id ID] [--out F]
+    cloudhsm-local cluster certificate {HsmCertificate,AwsHardwareCertificate,...} [--out F]
     cloudhsm-local cluster initialize --signed-cert F --trust-anchor F [--data-dir DIR | --endpoint URL]
 
 ``up`` creates (or reopens) the cluster in the data directory, runs the
@@ -294,23 +295,37 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csr(args: argparse.Namespace) -> int:
+CERTIFICATE_NAMES = (
+    "ClusterCsr",
+    "HsmCertificate",
+    "AwsHardwareCertificate",
+    "ManufacturerHardwareCertificate",
+    "ClusterCertificate",
+)
+
+
+def _certificate(args: argparse.Namespace) -> int:
+    """One PEM of DescribeClusters' ``Certificates``, like the guide's ``--query`` commands."""
     endpoint = _endpoint(args)
     cluster_id = _resolve_cluster_id(args, endpoint)
     page = call_api(endpoint, "DescribeClusters", {"Filters": {"clusterIds": [cluster_id]}})
     clusters = page.get("Clusters", [])
     if not clusters:
         raise CommandError(f"cluster {cluster_id} not found at {endpoint}")
-    csr = clusters[0].get("Certificates", {}).get("ClusterCsr")
-    if not csr:
-        raise CommandError(
-            f"cluster {cluster_id} has no ClusterCsr (state {clusters[0].get('State')}); "
-            "the CSR exists only while the cluster is UNINITIALIZED"
+    name: str = args.name
+    pem = clusters[0].get("Certificates", {}).get(name)
+    if not pem:
+        state = clusters[0].get("State")
+        hint = (
+            "; the CSR exists only while the cluster is UNINITIALIZED"
+            if name == "ClusterCsr"
+            else ""
         )
+        raise CommandError(f"cluster {cluster_id} (state {state}) has no {name}{hint}")
     if args.out:
-        pki.write_public(Path(args.out), csr.encode())
+        pki.write_public(Path(args.out), pem.encode())
     else:
-        sys.stdout.write(csr)
+        sys.stdout.write(pem)
     return 0
 
 
@@ -391,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_target(csr)
     csr.add_argument("--out", help="write the CSR to this file")
+    csr.set_defaults(name="ClusterCsr")
+    certificate = actions.add_parser(
+        "certificate", help="print (or --out) one of the cluster's Certificates"
+    )
+    certificate.add_argument("name", choices=CERTIFICATE_NAMES)
+    _add_target(certificate)
+    certificate.add_argument("--out", help="write the PEM to this file")
     initialize = actions.add_parser(
         "initialize", help="InitializeCluster with a signed certificate"
     )
@@ -410,7 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data_dir_path = Path(args.data_dir).absolute()
             args.ready_file_path = Path(args.ready_file).absolute() if args.ready_file else None
             return asyncio.run(_up(args))
-        handlers = {"describe": _describe, "csr": _csr, "initialize": _initialize}
+        handlers = {
+            "describe": _describe,
+            "csr": _certificate,
+            "certificate": _certificate,
+            "initialize": _initialize,
+        }
         return handlers[args.action](args)
     except CommandError as exc:
         print(f"cloudhsm-local: {exc}", file=sys.stderr)

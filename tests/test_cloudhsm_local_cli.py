@@ -123,6 +123,22 @@ def test_ceremony_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert described["Clusters"][0]["State"] == "UNINITIALIZED"
         csr = work / "cluster.csr"
         assert main(["cluster", "csr", "--data-dir", str(data_dir), "--out", str(csr)]) == 0
+        # The identity check of the guide, on what `cluster certificate` saves.
+        for name in ("HsmCertificate", "AwsHardwareCertificate"):
+            out = str(work / f"{name}.crt")
+            assert (
+                main(["cluster", "certificate", name, "--data-dir", str(data_dir), "--out", out])
+                == 0
+            )
+        (work / "chain.crt").write_bytes(
+            (work / "AwsHardwareCertificate.crt").read_bytes()
+            + (data_dir / "AWS_CloudHSM_Root-G1.crt").read_bytes()
+        )
+        verified = subprocess.run(
+            ["openssl", "verify", "-CAfile", "chain.crt", "HsmCertificate.crt"],
+            cwd=work, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert verified.stdout.strip() == "HsmCertificate.crt: OK", verified.stderr
         for command in (
             ["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3652",
              "-subj", "/CN=My customer CA", "-keyout", "customerCA.key", "-out", "customerCA.crt"],
