@@ -30,14 +30,14 @@ def open_hsm(
     return Hsm.open(identity(hsm_type), path, masking_key, scrypt_n=TEST_SCRYPT_N)
 
 
-def call(hsm: Hsm, session: int, op: str, **args: Any) -> Any:
+def call(hsm: Hsm, session: int, op: str, /, **args: Any) -> Any:
     """Run an op that must succeed and return its result."""
     status, result = hsm.handle(session, op, args)
     assert status is Status.SUCCESS, (op, status, result)
     return result
 
 
-def refused(hsm: Hsm, session: int, op: str, **args: Any) -> tuple[Status, str]:
+def refused(hsm: Hsm, session: int, op: str, /, **args: Any) -> tuple[Status, str]:
     status, result = hsm.handle(session, op, args)
     assert status is not Status.SUCCESS, (op, result)
     return status, result["message"]

@@ -19,15 +19,33 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
 
 from protocol.ops import Op
 from protocol.status import Status
 from simulator.errors import HsmError, SimulatorError
 from simulator.hsm import arguments as arg
-from simulator.hsm import audit, quorum, users
+from simulator.hsm import audit, mechanisms, quorum, snapshot, users
+from simulator.hsm.attributes import (
+    apply_set_attribute,
+    apply_unwrap_template,
+    creation_attributes,
+)
+from simulator.hsm.attributes import matches as attribute_matches
 from simulator.hsm.identity import HsmIdentity
+from simulator.hsm.keystore import MAX_KEY_QUORUM, KeyRecord, KeyStore, check_key_quorum
+from simulator.hsm.material import (
+    KeyMaterial,
+    derived_attributes,
+    generate_pair,
+    generate_secret,
+    import_key,
+    public_of,
+)
 from simulator.hsm.policy import (
     ENFORCEMENT_LEVELS,
     MAX_TRUST_ANCHORS,
@@ -135,6 +153,8 @@ _AUDITED: dict[Op, str] = {
 _UNAUDITED_FAILURES = frozenset({Status.INVALID_ARGUMENT, Status.UNKNOWN_OP})
 
 _LOGIN_ROLES = (ADMIN, CRYPTO_USER, UNACTIVATED_ADMIN)
+MAX_LABEL = 127
+MAX_RANDOM = 16384
 
 Handler = Callable[[Session, Mapping[str, Any]], Any]
 
@@ -166,6 +186,7 @@ class Hsm:
         self._sessions = SessionTable()
         self._tokens = QuorumTokens(clock)
         self._users: dict[str, User] = {}
+        self._keys = KeyStore(store, identity.hsm_id, identity.hsm_type)
         # Writes a refused op must still make (a failed-login count), and the
         # cache update to run once they commit.
         self._failure_effects: list[tuple[Callable[[], None], Callable[[], None]]] = []
@@ -209,6 +230,63 @@ class Hsm:
             for name, role, pw, failures, mfa, qk in self._store.user_rows()
         }
         self._reboot_counter = int(self._store.get_meta("reboot_counter", 0))
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def export_snapshot(self) -> bytes:
+        """Users, token keys and policies, sealed under the masking key (backups, new HSMs)."""
+        content: dict[str, Any] = {
+            "version": 1,
+            "cluster_id": self.identity.cluster_id,
+            "meta": {
+                name: self._store.get_meta(name)
+                for name in snapshot.SNAPSHOT_META
+                if self._store.get_meta(name) is not None
+            },
+            "users": [
+                [u.name, u.role, u.password_hash, u.failures, u.mfa_key, u.quorum_key]
+                for u in self._users.values()
+            ],
+            "keys": [
+                [r.handle, r.owner, r.record_bytes(), self._keys.material(r).value]
+                for r in self._keys.token_records()
+            ],
+            "trust_anchors": [[ref, pem] for ref, pem in self._store.trust_anchor_rows()],
+        }
+        return snapshot.seal_snapshot(content, self._masking_key, self.identity.cluster_id)
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        identity: HsmIdentity,
+        path: Path | None,
+        masking_key: bytes,
+        snapshot_bytes: bytes,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        scrypt_n: int = users.DEFAULT_SCRYPT_N,
+    ) -> Hsm:
+        """A new HSM whose state is a restore of ``snapshot_bytes`` (its own store and ids)."""
+        content = snapshot.open_snapshot(snapshot_bytes, masking_key, identity.cluster_id)
+        if path is not None and Path(path).exists():
+            raise SimulatorError("a restore needs a new store file")
+        store = Store.open(path, masking_key, identity.hsm_id)
+        try:
+            with store.transaction():
+                store.set_meta("cluster_id", identity.cluster_id)
+                store.set_meta("reboot_counter", 0)
+                for name, value in content["meta"].items():
+                    if name in snapshot.SNAPSHOT_META:
+                        store.set_meta(name, value)
+                for name, role, pw, failures, mfa, quorum_key in content["users"]:
+                    store.put_user(name, role, pw, failures, mfa, quorum_key)
+                for handle, owner, record, value in content["keys"]:
+                    store.put_key(handle, owner, record, store.seal_material(handle, value))
+                for reference, pem in content["trust_anchors"]:
+                    store.put_trust_anchor(reference, pem)
+            return cls(identity, store, masking_key, clock=clock, scrypt_n=scrypt_n)
+        except BaseException:
+            store.close()
+            raise
 
     @property
     def initialized(self) -> bool:
@@ -287,6 +365,7 @@ class Hsm:
         session.logout()
 
     def _drop_session_keys(self, session: Session) -> None:
+        self._keys.drop_session(session.handle)
         session.session_keys.clear()
 
     # -- dispatch ---------------------------------------------------------------------
@@ -388,6 +467,30 @@ class Hsm:
             Op.QUORUM_TOKEN_DELETE: self._quorum_token_delete,
             Op.QUORUM_SET_VALUE: self._quorum_set_value,
             Op.QUORUM_SET_TIMEOUT: self._quorum_set_timeout,
+            Op.KEY_GENERATE: self._key_generate,
+            Op.KEY_GENERATE_PAIR: self._key_generate_pair,
+            Op.KEY_FIND: self._key_find,
+            Op.KEY_GET: self._key_get,
+            Op.KEY_SET_ATTRIBUTE: self._key_set_attribute,
+            Op.KEY_DELETE: self._key_delete,
+            Op.KEY_SHARE: self._key_share,
+            Op.KEY_UNSHARE: self._key_unshare,
+            Op.KEY_IMPORT: self._key_import,
+            Op.KEY_EXPORT_PUBLIC: self._key_export_public,
+            Op.KEY_WRAP: self._key_wrap,
+            Op.KEY_UNWRAP: self._key_unwrap,
+            Op.KEY_DERIVE: self._key_derive,
+            Op.KEY_EXTRACT_MASKED: self._key_extract_masked,
+            Op.KEY_INSERT_MASKED: self._key_insert_masked,
+            Op.KEY_DIGESTS: self._key_digests,
+            Op.CRYPTO_SIGN: self._crypto_sign,
+            Op.CRYPTO_VERIFY: self._crypto_verify,
+            Op.CRYPTO_ENCRYPT: self._crypto_encrypt,
+            Op.CRYPTO_DECRYPT: self._crypto_decrypt,
+            Op.CRYPTO_MAC: self._crypto_mac,
+            Op.CRYPTO_MAC_VERIFY: self._crypto_mac_verify,
+            Op.CRYPTO_DIGEST: self._crypto_digest,
+            Op.CRYPTO_RANDOM: self._crypto_random,
             Op.MTLS_REGISTER_TRUST_ANCHOR: self._mtls_register,
             Op.MTLS_DEREGISTER_TRUST_ANCHOR: self._mtls_deregister,
             Op.MTLS_LIST_TRUST_ANCHORS: self._mtls_list,
@@ -587,22 +690,27 @@ class Hsm:
             raise HsmError(Status.USER_LOGGED_IN)
         if self._owns_keys(username):
             raise HsmError(Status.USER_OWNS_KEYS)
+        # Keys shared with the user stop naming them.
+        unshared = self._unshared(user.name)
         with self._store.transaction():
             self._store.delete_user(user.name)
-            self._forget_shares(user.name)
+            for record in unshared:
+                self._keys.persist_update(record)
             self._audit("CN_DELETE_USER", session.handle, Status.SUCCESS, **self._audit_subject)
         self._users.pop(user.name, None)
-        self._after_forget_shares(user.name)
+        for record in unshared:
+            self._keys.commit_update(record)
         return {"username": username, "role": role}
 
     def _owns_keys(self, username: str) -> bool:
-        return False
+        return self._keys.owns_keys(username)
 
-    def _forget_shares(self, username: str) -> None:
-        """Inside a transaction: drop ``username`` from every key's shared users."""
-
-    def _after_forget_shares(self, username: str) -> None:
-        """After the commit: the same for the in-memory key index."""
+    def _unshared(self, username: str) -> list[KeyRecord]:
+        return [
+            replace(r, shared=tuple(n for n in r.shared if n != username))
+            for r in self._keys.records()
+            if username in r.shared
+        ]
 
     def _target_user(self, session: Session, args: Mapping[str, Any]) -> User:
         """The user an admin (anyone) or a crypto user (self only) may change."""
@@ -910,3 +1018,499 @@ class Hsm:
     def audit_records(self) -> list[dict[str, Any]]:
         """Every audit record of this HSM, oldest first (tests, docs, log shipping)."""
         return self._store.audit_rows(-1, 2**62)
+
+    # -- keys: helpers ---------------------------------------------------------------------------
+    def _share_targets(self, owner: str, names: list[str]) -> tuple[str, ...]:
+        """Validate ``share_with``: existing crypto users other than the owner."""
+        targets: list[str] = []
+        for raw in names:
+            name = users.normalize_username(raw, "share_with")
+            user = self._users.get(name)
+            if user is None or user.role != CRYPTO_USER:
+                raise HsmError(Status.USER_NOT_FOUND, f"Crypto user {name} does not exist")
+            if name == owner:
+                raise HsmError(Status.INVALID_ARGUMENT, "A key cannot be shared with its owner")
+            if name not in targets:
+                targets.append(name)
+        return tuple(sorted(targets))
+
+    def _key_quorum_values(
+        self, args: Mapping[str, Any], associated: int, manage: str, use: str
+    ) -> tuple[int, int]:
+        manage_value = arg.integer(args, manage, low=0, high=MAX_KEY_QUORUM, required=False)
+        use_value = arg.integer(args, use, low=0, high=MAX_KEY_QUORUM, required=False)
+        return (
+            check_key_quorum(manage_value, manage, associated),
+            check_key_quorum(use_value, use, associated),
+        )
+
+    def _template(
+        self, args: Mapping[str, Any], attributes: str, label: str, session_flag: bool
+    ) -> dict[str, Any]:
+        template = dict(arg.mapping(args, attributes) or {})
+        label_value = arg.text(args, label, required=False, max_len=MAX_LABEL)
+        if label_value is not None:
+            template["label"] = label_value
+        if session_flag:
+            template["token"] = False
+        return template
+
+    def _require_key_quorum(
+        self, session: Session, record: KeyRecord, service: str, args: Mapping[str, Any], name: str
+    ) -> None:
+        """Key quorum: ``manage`` guards key-management ops, ``use`` guards signing."""
+        required = record.manage_quorum if service == "key-management" else record.use_quorum
+        if required <= 0:
+            return
+        self._tokens.verify_approval(
+            args.get(name),
+            session=session.handle,
+            service=service,
+            required=required,
+            approvers={
+                n: u.quorum_key
+                for n in record.associated_users()
+                if (u := self._users.get(n)) is not None and u.quorum_key is not None
+            },
+            generated_timeout=self._timeouts()["generated"],
+        )
+
+    def _store_new_keys(
+        self,
+        session: Session,
+        opcode: str,
+        created: list[tuple[KeyRecord, KeyMaterial]],
+    ) -> list[KeyRecord]:
+        """Persist new keys and their audit record in one transaction; index them after."""
+        final: list[KeyRecord] = []
+        with self._store.transaction():
+            for record, material in created:
+                handle = self._keys.new_handle(token=record.token)
+                final.append(self._keys.persist_new(replace(record, handle=handle), material))
+            private = next((r for r in final if r.key_class != "public-key"), final[0])
+            public = next((r for r in final if r.key_class == "public-key"), None)
+            self._audit(
+                opcode,
+                session.handle,
+                Status.SUCCESS,
+                key_handle=private.handle if private.key_class != "public-key" else None,
+                public_key_handle=public.handle if public is not None else None,
+            )
+        for record, (_, material) in zip(final, created, strict=True):
+            self._keys.commit_new(record, material)
+            if not record.token:
+                session.session_keys.add(record.handle)
+        return final
+
+    def _new_record(
+        self,
+        owner: str,
+        session: Session,
+        material: KeyMaterial,
+        attrs: dict[str, Any],
+        shared: tuple[str, ...] = (),
+        manage_quorum: int = 0,
+        use_quorum: int = 0,
+    ) -> KeyRecord:
+        full = {**attrs, **derived_attributes(material)}
+        return KeyRecord(
+            handle=0,
+            owner=owner,
+            key_type=material.key_type,
+            key_class=material.key_class,
+            attrs=full,
+            shared=shared,
+            manage_quorum=manage_quorum,
+            use_quorum=use_quorum,
+            session=None if full.get("token", True) else session.handle,
+        )
+
+    # -- keys: creation --------------------------------------------------------------------------
+    def _key_generate(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        key_type = arg.choice(args, "key_type", ("aes", "generic-secret", "des3"))
+        length = arg.integer(args, "key_length_bytes", low=1, high=4096)
+        session_flag = arg.flag(args, "session")
+        template = self._template(args, "attributes", "label", session_flag)
+        shared = self._share_targets(session.username, arg.name_list(args, "share_with"))
+        mq, uq = self._key_quorum_values(args, 1 + len(shared), "manage_quorum", "use_quorum")
+        attrs = creation_attributes(
+            "secret-key", key_type, template, local=True, hsm_type=self.identity.hsm_type
+        )
+        self._keys.check_quota(symmetric=1)
+        material = generate_secret(key_type, length)
+        record = self._new_record(session.username, session, material, attrs, shared, mq, uq)
+        (stored,) = self._store_new_keys(session, "CN_GENERATE_KEY", [(record, material)])
+        return {"key": stored.key_object()}
+
+    def _key_generate_pair(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        key_type = arg.choice(args, "key_type", ("rsa", "ec"))
+        modulus = arg.integer(args, "modulus_size_bits", low=1, high=16384, required=False)
+        exponent = arg.integer(args, "public_exponent", low=1, high=2**64 - 1, required=False)
+        curve = arg.text(args, "curve", required=False, max_len=64)
+        if key_type == "rsa" and modulus is None:
+            raise HsmError(Status.INVALID_ARGUMENT, "missing argument modulus_size_bits")
+        if key_type == "ec" and curve is None:
+            raise HsmError(Status.INVALID_ARGUMENT, "missing argument curve")
+        session_flag = arg.flag(args, "session")
+        public_template = self._template(args, "public_attributes", "public_label", session_flag)
+        private_template = self._template(args, "private_attributes", "private_label", session_flag)
+        shared = self._share_targets(session.username, arg.name_list(args, "share_with"))
+        mq, uq = self._key_quorum_values(args, 1 + len(shared), "manage_quorum", "use_quorum")
+        hsm_type = self.identity.hsm_type
+        public_attrs = creation_attributes(
+            "public-key", key_type, public_template, local=True, hsm_type=hsm_type
+        )
+        private_attrs = creation_attributes(
+            "private-key", key_type, private_template, local=True, hsm_type=hsm_type
+        )
+        if public_attrs["token"] != private_attrs["token"]:
+            raise HsmError(
+                Status.TEMPLATE_INCONSISTENT, "Both halves of a pair must be token or session keys"
+            )
+        self._keys.check_quota(asymmetric=2)
+        public, private = generate_pair(
+            key_type, modulus_size_bits=modulus, public_exponent=exponent, curve=curve
+        )
+        owner = session.username
+        public_record = self._new_record(owner, session, public, public_attrs)
+        private_record = self._new_record(owner, session, private, private_attrs, shared, mq, uq)
+        stored_public, stored_private = self._store_new_keys(
+            session, "CN_GENERATE_KEY_PAIR", [(public_record, public), (private_record, private)]
+        )
+        return {
+            "public_key": stored_public.key_object(),
+            "private_key": stored_private.key_object(),
+        }
+
+    def _key_import(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        key_class = arg.choice(args, "key_class", ("public-key", "private-key", "secret-key"))
+        key_type = arg.choice(args, "key_type", ("aes", "generic-secret", "des3", "rsa", "ec"))
+        pem = arg.blob(args, "pem", required=False, max_len=64 * 1024)
+        value = arg.blob(args, "value", required=False, max_len=64 * 1024)
+        session_flag = arg.flag(args, "session")
+        template = self._template(args, "attributes", "label", session_flag)
+        shared = self._share_targets(session.username, arg.name_list(args, "share_with"))
+        if key_class == "public-key":
+            mq = uq = 0
+        else:
+            mq, uq = self._key_quorum_values(args, 1 + len(shared), "manage_quorum", "use_quorum")
+        attrs = creation_attributes(
+            key_class, key_type, template, local=False, hsm_type=self.identity.hsm_type
+        )
+        material = import_key(key_class, key_type, pem=pem, value=value)
+        if key_class == "secret-key":
+            self._keys.check_quota(symmetric=1)
+        else:
+            self._keys.check_quota(asymmetric=1)
+        record = self._new_record(session.username, session, material, attrs, shared, mq, uq)
+        (stored,) = self._store_new_keys(session, "CN_CREATE_OBJECT", [(record, material)])
+        return {"key": stored.key_object()}
+
+    def _key_unwrap(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        mechanism = arg.text(args, "mechanism", max_len=64)
+        unwrapping = self._keys.usable(arg.handle(args, "unwrapping_key"), session.username)
+        wrapped = arg.blob(args, "wrapped_key_data", max_len=64 * 1024)
+        key_class = arg.choice(args, "key_class", ("private-key", "secret-key", "public-key"))
+        key_type = arg.choice(args, "key_type", ("aes", "generic-secret", "des3", "rsa", "ec"))
+        params = arg.mapping(args, "params") or {}
+        session_flag = arg.flag(args, "session")
+        template = self._template(args, "attributes", "label", session_flag)
+        shared = self._share_targets(session.username, arg.name_list(args, "share_with"))
+        mq, uq = self._key_quorum_values(args, 1 + len(shared), "manage_quorum", "use_quorum")
+        merged = apply_unwrap_template(unwrapping.attrs, template)
+        attrs = creation_attributes(
+            key_class, key_type, merged, local=False, hsm_type=self.identity.hsm_type
+        )
+        if key_class == "secret-key":
+            self._keys.check_quota(symmetric=1)
+        else:
+            self._keys.check_quota(asymmetric=1)
+        self._audit_subject = {"key_handle": unwrapping.handle}
+        self._require_key_quorum(session, unwrapping, "key-management", args, "approval")
+        material = mechanisms.unwrap(
+            self._keys.material(unwrapping),
+            unwrapping.attrs,
+            mechanism,
+            params,
+            wrapped,
+            key_type,
+            key_class,
+        )
+        record = self._new_record(session.username, session, material, attrs, shared, mq, uq)
+        (stored,) = self._store_new_keys(session, "CN_UNWRAP_KEY", [(record, material)])
+        return {"key": stored.key_object()}
+
+    def _key_derive(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        mechanism = arg.text(args, "mechanism", max_len=64)
+        base = self._keys.usable(arg.handle(args, "base_key"), session.username)
+        params = arg.mapping(args, "params") or {}
+        key_type = arg.choice(args, "key_type", ("aes", "generic-secret", "des3"))
+        length = arg.integer(args, "key_length_bytes", low=1, high=4096)
+        session_flag = arg.flag(args, "session")
+        template = self._template(args, "attributes", "label", session_flag)
+        attrs = creation_attributes(
+            "secret-key",
+            key_type,
+            template,
+            local=False,
+            hsm_type=self.identity.hsm_type,
+            derived_from=base.attrs,
+        )
+        self._keys.check_quota(symmetric=1)
+        material = mechanisms.derive(
+            self._keys.material(base), base.attrs, mechanism, params, key_type, length
+        )
+        record = self._new_record(session.username, session, material, attrs)
+        (stored,) = self._store_new_keys(session, "CN_DERIVE_KEY", [(record, material)])
+        return {"key": stored.key_object()}
+
+    # -- keys: reading -----------------------------------------------------------------------------
+    def _key_find(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        assert session.role is not None
+        key_filter = arg.mapping(args, "filter") or {}
+        reference = arg.handle(args, "key_reference", required=False)
+        verbose = arg.flag(args, "verbose", default=True)
+        label = key_filter.get("label")
+        candidates = self._keys.visible(
+            session.username, session.role, label if isinstance(label, str) else None
+        )
+        if reference is not None:
+            candidates = [r for r in candidates if r.handle == reference]
+        if key_filter:
+            candidates = [r for r in candidates if attribute_matches(r.attrs, key_filter)]
+        return {"keys": [r.key_object(verbose=verbose) for r in candidates]}
+
+    def _visible_record(self, session: Session, handle: int) -> KeyRecord:
+        assert session.username is not None
+        assert session.role is not None
+        record = self._keys.get(handle)
+        if record is None or not self._keys.can_see(record, session.username, session.role):
+            raise HsmError(Status.INVALID_HANDLE)
+        return record
+
+    def _key_get(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return {
+            "key": self._visible_record(session, arg.handle(args, "key_reference")).key_object()
+        }
+
+    def _key_export_public(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        record = self._keys.usable(arg.handle(args, "key_reference"), session.username)
+        if record.key_class == "secret-key":
+            raise HsmError(
+                Status.KEY_FUNCTION_NOT_PERMITTED, "Secret keys have no public key to export"
+            )
+        material = self._keys.material(record)
+        public = material if record.key_class == "public-key" else public_of(material)
+        key = serialization.load_der_public_key(public.value)
+        pem = key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return {"pem": pem}
+
+    # -- keys: management --------------------------------------------------------------------------
+    def _update_key(self, session: Session, opcode: str, record: KeyRecord) -> None:
+        with self._store.transaction():
+            self._keys.persist_update(record)
+            self._audit(opcode, session.handle, Status.SUCCESS, key_handle=record.handle)
+        self._keys.commit_update(record)
+
+    def _key_set_attribute(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        assert session.role is not None
+        handle = arg.handle(args, "key_reference")
+        name = arg.text(args, "name", max_len=64)
+        if "value" not in args:
+            raise HsmError(Status.INVALID_ARGUMENT, "missing argument value")
+        self._audit_subject = {"key_handle": handle}
+        if session.role == ADMIN:
+            record = self._visible_record(session, handle)
+        else:
+            record = self._keys.owned(handle, session.username)
+        attrs = apply_set_attribute(
+            record.attrs, name, args["value"], role=session.role, hsm_type=self.identity.hsm_type
+        )
+        if session.role != ADMIN:
+            self._require_key_quorum(session, record, "key-management", args, "approval")
+        updated = replace(record, attrs=attrs)
+        if not record.token and attrs.get("token") is True:
+            # Session -> token: the key becomes persistent and outlives its session.
+            material = self._keys.material(record)
+            self._keys.check_quota()
+            promoted = replace(updated, session=None)
+            with self._store.transaction():
+                promoted = self._keys.persist_new(promoted, material)
+                self._audit("CN_MODIFY_OBJECT", session.handle, Status.SUCCESS, key_handle=handle)
+            self._keys.commit_update(promoted)
+            owner_session = self._sessions.get(record.session or 0)
+            if owner_session is not None:
+                owner_session.session_keys.discard(handle)
+            return {"key": promoted.key_object()}
+        self._update_key(session, "CN_MODIFY_OBJECT", updated)
+        return {"key": updated.key_object()}
+
+    def _key_delete(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        handle = arg.handle(args, "key_reference")
+        self._audit_subject = {"key_handle": handle}
+        record = self._keys.owned(handle, session.username)
+        if record.attrs.get("destroyable") is False:
+            raise HsmError(Status.KEY_FUNCTION_NOT_PERMITTED, "The key is not destroyable")
+        opcode = "CN_TOMBSTONE_OBJECT" if record.token else "CN_DESTROY_OBJECT"
+        with self._store.transaction():
+            self._keys.persist_delete(record)
+            self._audit(opcode, session.handle, Status.SUCCESS, key_handle=handle)
+        self._keys.commit_delete(handle)
+        owner_session = self._sessions.get(record.session or 0)
+        if owner_session is not None:
+            owner_session.session_keys.discard(handle)
+        return {}
+
+    def _share_args(self, session: Session, args: Mapping[str, Any]) -> tuple[KeyRecord, str]:
+        assert session.username is not None
+        handle = arg.handle(args, "key_reference")
+        username = users.normalize_username(arg.text(args, "username"))
+        role = arg.choice(args, "role", (ADMIN, CRYPTO_USER))
+        self._audit_subject = {"key_handle": handle}
+        record = self._keys.owned(handle, session.username)
+        if role != CRYPTO_USER:
+            raise HsmError(Status.INVALID_USER_TYPE, "Keys can only be shared with crypto users")
+        user = self._users.get(username)
+        if user is None or user.role != CRYPTO_USER:
+            raise HsmError(Status.USER_NOT_FOUND, "Specified user does not exist")
+        return record, username
+
+    def _key_share(self, session: Session, args: Mapping[str, Any]) -> Any:
+        record, username = self._share_args(session, args)
+        if username == record.owner:
+            raise HsmError(Status.INVALID_ARGUMENT, "A key cannot be shared with its owner")
+        if username in record.shared:
+            raise HsmError(Status.INVALID_ARGUMENT, f"The key is already shared with {username}")
+        self._require_key_quorum(session, record, "key-management", args, "approval")
+        updated = replace(record, shared=tuple(sorted((*record.shared, username))))
+        self._update_key(session, "CN_SHARE_OBJECT", updated)
+        return {"key": updated.key_object()}
+
+    def _key_unshare(self, session: Session, args: Mapping[str, Any]) -> Any:
+        record, username = self._share_args(session, args)
+        if username not in record.shared:
+            raise HsmError(Status.INVALID_ARGUMENT, f"The key is not shared with {username}")
+        remaining = len(record.shared)  # owner + shared - 1
+        if max(record.manage_quorum, record.use_quorum) > remaining:
+            raise HsmError(Status.INVALID_QUORUM_VALUE, "Invalid quorum value provided.")
+        self._require_key_quorum(session, record, "key-management", args, "approval")
+        updated = replace(record, shared=tuple(n for n in record.shared if n != username))
+        self._update_key(session, "CN_SHARE_OBJECT", updated)
+        return {"key": updated.key_object()}
+
+    def _key_wrap(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        mechanism = arg.text(args, "mechanism", max_len=64)
+        wrapping = self._keys.usable(arg.handle(args, "wrapping_key"), session.username)
+        payload = self._keys.owned(arg.handle(args, "payload_key"), session.username)
+        params = arg.mapping(args, "params") or {}
+        self._audit_subject = {"key_handle": payload.handle}
+        self._require_key_quorum(session, wrapping, "key-management", args, "wrapping_approval")
+        self._require_key_quorum(session, payload, "key-management", args, "payload_approval")
+        result = mechanisms.wrap(
+            self._keys.material(wrapping),
+            wrapping.attrs,
+            self._keys.material(payload),
+            payload.attrs,
+            mechanism,
+            params,
+        )
+        with self._store.transaction():
+            self._audit("CN_WRAP_KEY", session.handle, Status.SUCCESS, key_handle=payload.handle)
+        return result
+
+    # -- cryptography -------------------------------------------------------------------------------
+    def _usable_for(self, session: Session, args: Mapping[str, Any]) -> KeyRecord:
+        assert session.username is not None
+        return self._keys.usable(arg.handle(args, "key_reference"), session.username)
+
+    def _crypto_sign(self, session: Session, args: Mapping[str, Any]) -> Any:
+        record = self._usable_for(session, args)
+        self._require_key_quorum(session, record, "key-usage", args, "approval")
+        return {"signature": mechanisms.sign(self._keys.material(record), record.attrs, args)}
+
+    def _crypto_verify(self, session: Session, args: Mapping[str, Any]) -> Any:
+        record = self._usable_for(session, args)
+        mechanisms.verify(self._keys.material(record), record.attrs, args)
+        return {}
+
+    def _crypto_encrypt(self, session: Session, args: Mapping[str, Any]) -> Any:
+        record = self._usable_for(session, args)
+        return mechanisms.encrypt(self._keys.material(record), record.attrs, args)
+
+    def _crypto_decrypt(self, session: Session, args: Mapping[str, Any]) -> Any:
+        record = self._usable_for(session, args)
+        return mechanisms.decrypt(self._keys.material(record), record.attrs, args)
+
+    def _crypto_mac(self, session: Session, args: Mapping[str, Any]) -> Any:
+        record = self._usable_for(session, args)
+        return {"mac": mechanisms.mac(self._keys.material(record), record.attrs, args)}
+
+    def _crypto_mac_verify(self, session: Session, args: Mapping[str, Any]) -> Any:
+        record = self._usable_for(session, args)
+        mechanisms.mac_verify(self._keys.material(record), record.attrs, args)
+        return {}
+
+    def _crypto_digest(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return {"digest": mechanisms.digest(args)}
+
+    def _crypto_random(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return {"data": os.urandom(arg.integer(args, "length", low=1, high=MAX_RANDOM))}
+
+    # -- masked objects and sync ---------------------------------------------------------------------
+    def _key_extract_masked(self, session: Session, args: Mapping[str, Any]) -> Any:
+        assert session.username is not None
+        assert session.role is not None
+        handle = arg.handle(args, "key_reference")
+        self._audit_subject = {"key_handle": handle}
+        if session.role == CRYPTO_USER:
+            record = self._keys.usable(handle, session.username)
+        else:
+            record = self._visible_record(session, handle)
+        if not record.token:
+            raise HsmError(Status.KEY_FUNCTION_NOT_PERMITTED, "Session keys are not synchronised")
+        masked = snapshot.mask_key(
+            record, self._keys.material(record), self._masking_key, self.identity.cluster_id
+        )
+        with self._store.transaction():
+            self._audit(
+                "CN_EXTRACT_MASKED_OBJECT_USER", session.handle, Status.SUCCESS, key_handle=handle
+            )
+        return {"masked_object": masked}
+
+    def _key_insert_masked(self, session: Session, args: Mapping[str, Any]) -> Any:
+        masked = arg.blob(args, "masked_object", max_len=128 * 1024)
+        record, material = snapshot.unmask_key(masked, self._masking_key, self.identity.cluster_id)
+        self._audit_subject = {"key_handle": record.handle}
+        existing = self._keys.get(record.handle)
+        if existing is None:
+            if record.asymmetric:
+                self._keys.check_quota(asymmetric=1)
+            else:
+                self._keys.check_quota(symmetric=1)
+        elif not existing.token:
+            raise HsmError(Status.INVALID_HANDLE, "The handle belongs to a session key here")
+        with self._store.transaction():
+            stored = self._keys.persist_new(record, material)
+            self._audit(
+                "CN_INSERT_MASKED_OBJECT_USER",
+                session.handle,
+                Status.SUCCESS,
+                key_handle=record.handle,
+            )
+        self._keys.commit_new(stored, material)
+        return {"key": stored.key_object()}
+
+    def _key_digests(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return {"keys": {r.handle: self._keys.digest(r) for r in self._keys.token_records()}}
