@@ -21,7 +21,8 @@ def test_generate_list_and_delete_an_aes_key(
         "key", "generate-symmetric", "aes", "--label", "aes-one", "--key-length-bytes", "32"
     )
     key = data["key"]
-    assert key["key-reference"].startswith("0x") and len(key["key-reference"]) == 18
+    assert key["key-reference"].startswith("0x")
+    assert len(key["key-reference"]) == 18
     assert key["attributes"]["key-type"] == "aes"
     assert key["attributes"]["key-length-bytes"] == 32
     assert key["key-info"]["cluster-coverage"] == "full"
