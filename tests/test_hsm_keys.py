@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,7 +36,7 @@ def admin(hsm: Hsm) -> int:
     return admin_session(hsm)
 
 
-def aes(hsm: Hsm, sid: int, label: str = "k", /, **extra: object) -> dict:  # type: ignore[type-arg]
+def aes(hsm: Hsm, sid: int, label: str = "k", /, **extra: object) -> Any:
     return call(
         hsm, sid, "key.generate", key_type="aes", key_length_bytes=32, label=label, **extra
     )["key"]
@@ -77,7 +79,10 @@ def test_visibility_owned_shared_and_public(hsm: Hsm, admin: int) -> None:
     pair = call(
         hsm, alice, "key.generate_pair", key_type="ec", curve="secp256r1", private_label="p"
     )
-    labels = lambda s: {k["attributes"]["label"] for k in call(hsm, s, "key.find")["keys"]}  # noqa: E731
+
+    def labels(sid: int) -> set[str]:
+        return {k["attributes"]["label"] for k in call(hsm, sid, "key.find")["keys"]}
+
     assert labels(bob) == {""}  # only alice's public key
     assert labels(alice) == {"secret", "p", ""}
     assert labels(admin) == {"secret", "p", ""}  # admins list every key
@@ -297,7 +302,7 @@ def test_key_quota_hsm2m_asymmetric(hsm: Hsm, admin: int, monkeypatch: pytest.Mo
     )
 
 
-def test_masked_object_roundtrip_keeps_handle_owner_shares(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_masked_object_roundtrip_keeps_handle_owner_shares(tmp_path: Path) -> None:
     first = activated_hsm()
     admin = admin_session(first)
     alice = crypto_user(first, admin, "alice")
