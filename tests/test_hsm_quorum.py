@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from hsm_support import (
     ADMIN_PASSWORD,
@@ -128,12 +128,14 @@ def test_registration_rejects_bad_signature(hsm: Hsm, rsa_keys: list[rsa.RSAPriv
         },
     )
     assert status is Status.SIGNATURE_INVALID
-    small = rsa.generate_private_key(65537, 1024)
+    not_rsa = ec.generate_private_key(ec.SECP256R1())
     status, message = refused(
         hsm,
         admin,
         "user.register_quorum_key",
-        public_key=pem(small),
+        public_key=not_rsa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
         signed_token={"approval_data": token["approval_data"], "signed": b"x"},
     )
     assert (status, message) == (
@@ -203,7 +205,7 @@ def test_user_service_quorum(hsm: Hsm, admins: dict[str, tuple[int, rsa.RSAPriva
 def test_token_bound_to_session_and_dropped_at_logout(
     hsm: Hsm, admins: dict[str, tuple[int, rsa.RSAPrivateKey]]
 ) -> None:
-    admin, key = admins["admin"]
+    admin, _ = admins["admin"]
     call(hsm, admin, "quorum.set_value", service="quorum", value=2)
     token = call(hsm, admin, "quorum.token.generate", service="quorum")
     signers = [("admin2", admins["admin2"][1]), ("admin3", admins["admin3"][1])]
