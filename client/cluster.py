@@ -147,6 +147,8 @@ class HsmMember:
         self.connection: HsmConnection | None = None
         self.hsm_id: str | None = None
         self.outstanding = 0
+        #: Requests this HSM answered (any status): how the load was spread.
+        self.served = 0
         self.logged_in = False
         self.last_error: ClientError | None = None
         self.reconnect_task: asyncio.Task[None] | None = None
@@ -399,8 +401,11 @@ class ClusterView:
                 raise member.last_error or ConnectionLost(f"HSM {member.name} is not connected")
             member.outstanding += 1
             try:
-                return await connection.call(op, args)
+                result = await connection.call(op, args)
+                member.served += 1
+                return result
             except HsmStatusError as exc:
+                member.served += 1
                 busy = exc.status == Status.BUSY
                 if not busy or self.retry_mode != "standard" or attempt >= BUSY_RETRIES:
                     raise

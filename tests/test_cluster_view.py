@@ -1,0 +1,162 @@
+"""The cluster view over real HSMs: load spread, failover of idempotent requests when a
+channel breaks, reconnect with the login restored, busy retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from client.cluster import ClusterView
+from client.config import load_config
+from client.errors import ClientError
+from fixtures.clients import Credentials
+from fixtures.cluster import ClusterUnderTest
+from protocol.ops import Op
+
+
+class Cutter:
+    """A TCP relay on loopback in front of one server host, that can cut every connection
+    (a network failure between the client and that HSM) and come back on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+    async def cut(self) -> None:
+        """Stop listening and reset every relayed connection."""
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+
+def _config_with(cluster: ClusterUnderTest, tmp_path: Path, replace: dict[int, int]) -> Path:
+    document = json.loads(cluster.config_path.read_text())
+    servers = document["clusters"][0]["cluster"]["servers"]
+    for index, port in replace.items():
+        servers[index]["port"] = port
+    path = tmp_path / "view.cfg"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_load_is_spread_over_every_hsm(
+    cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Credentials]
+) -> None:
+    user = crypto_user()
+
+    async def scenario() -> None:
+        view = await ClusterView.open(load_config(cloudhsm_cluster.config_path))
+        async with view:
+            await view.login(user.username, "crypto-user", user.password)
+            await asyncio.gather(*(view.call(Op.CRYPTO_RANDOM, {"length": 8}) for _ in range(60)))
+            served = [member.served for member in view.members]
+            assert all(count > 0 for count in served), served
+
+    asyncio.run(scenario())
+
+
+def test_failover_and_reconnect_with_login(
+    cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Credentials], tmp_path: Path
+) -> None:
+    user = crypto_user()
+    first = cloudhsm_cluster.servers()[0]
+
+    async def scenario() -> None:
+        cutter = Cutter((first["hostname"], first["port"]))
+        await cutter.start()
+        config = load_config(_config_with(cloudhsm_cluster, tmp_path, {0: cutter.port}))
+        view = await ClusterView.open(config)
+        async with view:
+            await view.login(user.username, "crypto-user", user.password)
+            created = await view.use_key(
+                Op.KEY_GENERATE,
+                {
+                    "key_type": "aes",
+                    "key_length_bytes": 32,
+                    "label": "failover",
+                    "attributes": {"sign": True},
+                },
+            )
+            reference = created["key"]["key-reference"]
+            await cutter.cut()
+            # Every idempotent request still succeeds: those that were on the cut HSM move.
+            results = await asyncio.gather(
+                *(view.call(Op.KEY_GET, {"key_reference": reference}) for _ in range(30)),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            assert failures == []
+            assert not view.members[0].healthy
+            # The HSM comes back on the same address: the view reconnects and logs in again.
+            await cutter.start()
+            for _ in range(100):
+                if view.members[0].healthy and view.members[0].logged_in:
+                    break
+                await asyncio.sleep(0.05)
+            assert view.members[0].healthy
+            assert view.members[0].logged_in
+            again = await view.call(
+                Op.KEY_GET, {"key_reference": reference}, member=view.members[0]
+            )
+            assert again["key"]["key-reference"] == reference
+            await cutter.cut()
+
+    asyncio.run(scenario())
+
+
+def test_non_idempotent_requests_are_not_replayed(
+    cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Credentials], tmp_path: Path
+) -> None:
+    user = crypto_user()
+    first = cloudhsm_cluster.servers()[0]
+
+    async def scenario() -> None:
+        cutter = Cutter((first["hostname"], first["port"]))
+        await cutter.start()
+        config = load_config(_config_with(cloudhsm_cluster, tmp_path, {0: cutter.port}))
+        view = await ClusterView.open(config)
+        async with view:
+            await view.login(user.username, "crypto-user", user.password)
+            await cutter.cut()
+            refused = None
+            try:
+                await view.call(
+                    Op.KEY_GENERATE,
+                    {"key_type": "aes", "key_length_bytes": 16, "label": "x", "session": True},
+                    member=view.members[0],
+                )
+            except ClientError as exc:
+                refused = exc
+            assert refused is not None
+
+    asyncio.run(scenario())
