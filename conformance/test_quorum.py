@@ -1,0 +1,287 @@
+"""Family ``quorum``: M of N approval with token-sign, as operators run it.
+
+Quorum tokens live only in the login session that generated them, so these
+scenarios talk to ``cloudhsm-cli interactive`` child processes, one per
+operator, exactly as the AWS guide's procedure does: register each approver's
+RSA-2048 key, raise the quorum values, generate a token, have approvers sign
+it (here with ``cryptography``, as ``openssl dgst -sha256 -sign`` would), then
+run the operation with ``--approval``. Every scenario uses its own cluster:
+quorum values and timeouts are cluster policy, and raising them would change
+the session cluster for every other scenario. The clusters have one HSM: the
+quorum rules are each HSM's own, and how policies spread over several HSMs is
+the ``cluster`` family's subject.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from fixtures.clients import CloudHsmCli, Credentials, InteractiveCli, admin_credentials
+from fixtures.cluster import ClusterFactory, ClusterUnderTest
+from fixtures.users import UserNames
+
+pytestmark = [pytest.mark.conformance("quorum"), pytest.mark.local_target]
+
+QUORUM_REQUIRED = "Quorum approval is required for this operation"
+
+
+@dataclass
+class Approver:
+    user: Credentials
+    key: rsa.RSAPrivateKey
+
+    def sign(self, approval_data: bytes) -> dict[str, str]:
+        signature = self.key.sign(approval_data, padding.PKCS1v15(), hashes.SHA256())
+        return {"username": self.user.username, "signature": base64.b64encode(signature).decode()}
+
+
+@dataclass
+class QuorumCluster:
+    cluster: ClusterUnderTest
+    shell: InteractiveCli  # logged in as the cluster's admin
+    approvers: list[Approver]
+    directory: Path
+    names: UserNames
+
+    def generate(self, service: str, shell: InteractiveCli | None = None) -> Path:
+        path = self.directory / f"{service}-{time.monotonic_ns()}.token"
+        data = (shell or self.shell).ok(
+            "quorum", "token-sign", "generate", "--service", service, "--token", str(path)
+        )
+        assert Path(data["filepath"]) == path
+        return path
+
+    def approve(self, token: Path, approvers: list[Approver]) -> Path:
+        """Each approver signs the token's approval data; the signed file is returned."""
+        document = json.loads(token.read_text())
+        approval_data = base64.b64decode(document["approval_data"])
+        document["signatures"] = [approver.sign(approval_data) for approver in approvers]
+        signed = token.with_suffix(".signed")
+        signed.write_text(json.dumps(document))
+        return signed
+
+    def create_user_args(self, username: str) -> tuple[str, ...]:
+        return (
+            "user",
+            "create",
+            "--username",
+            username,
+            "--role",
+            "crypto-user",
+            "--password",
+            self.names.password(),
+        )
+
+
+def register_quorum_key(
+    shell: InteractiveCli, user: Credentials, directory: Path
+) -> rsa.RSAPrivateKey:
+    """`quorum token-sign generate --service registration`, sign, then
+    `user change-quorum token-sign register` as the user."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = directory / f"{user.username}-registration.token"
+    shell.ok("quorum", "token-sign", "generate", "--service", "registration", "--token", str(token))
+    document = json.loads(token.read_text())
+    entry = document["tokens"][0]
+    unsigned = base64.b64decode(entry["unsigned"])
+    # openssl pkeyutl -sign -pkeyopt digest:sha256: the 32-byte value is the digest.
+    entry["signed"] = base64.b64encode(
+        key.sign(unsigned, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+    ).decode()
+    token.write_text(json.dumps(document))
+    public = directory / f"{user.username}-quorum.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    registered = shell.ok(
+        "user",
+        "change-quorum",
+        "token-sign",
+        "register",
+        "--public-key",
+        str(public),
+        "--signed-token",
+        str(token),
+    )
+    assert registered == {"username": user.username, "role": user.role}
+    return key
+
+
+@pytest.fixture
+def quorum_cluster(
+    cluster_factory: ClusterFactory,
+    interactive_cli: Callable[..., InteractiveCli],
+    user_names: UserNames,
+    tmp_path: Path,
+) -> QuorumCluster:
+    """A fresh one-HSM cluster with two admins whose quorum keys are registered (quorum
+    values 1)."""
+    cluster = cluster_factory(hsms=1)
+    admin = admin_credentials(cluster)
+    second = Credentials(user_names.username("officer_"), user_names.password(), "admin")
+    CloudHsmCli(cluster, admin).ok(
+        "user",
+        "create",
+        "--username",
+        second.username,
+        "--role",
+        "admin",
+        "--password",
+        second.password,
+    )
+    other_shell = interactive_cli(cluster)
+    other_shell.login(second)
+    second_key = register_quorum_key(other_shell, second, tmp_path)
+    shell = interactive_cli(cluster)
+    shell.login(admin)
+    admin_key = register_quorum_key(shell, admin, tmp_path)
+    return QuorumCluster(
+        cluster,
+        shell,
+        [Approver(admin, admin_key), Approver(second, second_key)],
+        tmp_path,
+        user_names,
+    )
+
+
+def raise_user_quorum_to_two(q: QuorumCluster) -> None:
+    """quorum service to 2 (no approval needed yet), then user service to 2 with a
+    quorum-service token approved by both admins."""
+    assert (
+        q.shell.ok(
+            "quorum", "token-sign", "set-quorum-value", "--service", "quorum", "--value", "2"
+        )
+        == "Set quorum value successful"
+    )
+    q.shell.error("quorum", "token-sign", "set-quorum-value", "--service", "user", "--value", "2")
+    approval = q.approve(q.generate("quorum"), q.approvers)
+    q.shell.ok(
+        "quorum",
+        "token-sign",
+        "set-quorum-value",
+        "--service",
+        "user",
+        "--value",
+        "2",
+        "--approval",
+        str(approval),
+    )
+    values = q.shell.ok("quorum", "token-sign", "list-quorum-values")
+    assert (values["user"], values["quorum"]) == (2, 2)
+
+
+def listed_usernames(cluster: ClusterUnderTest) -> set[str]:
+    return {u["username"] for u in CloudHsmCli(cluster).ok("user", "list")["users"]}
+
+
+def test_registered_approvers_show_in_user_list(quorum_cluster: QuorumCluster) -> None:
+    """After `user change-quorum token-sign register`, `user list` shows the user's quorum
+    strategy token-sign as enabled."""
+    users = CloudHsmCli(quorum_cluster.cluster).ok("user", "list")["users"]
+    for approver in quorum_cluster.approvers:
+        entry = next(u for u in users if u["username"] == approver.user.username)
+        assert entry["quorum"] == [{"strategy": "token-sign", "status": "enabled"}]
+
+
+def test_quorum_value_must_be_1_to_8_and_backed_by_approvers(
+    quorum_cluster: QuorumCluster,
+) -> None:
+    """Quorum values are 1..8 and no more than the registered approvers (two here); a refused
+    value leaves the listed values unchanged."""
+    shell = quorum_cluster.shell
+    before = shell.ok("quorum", "token-sign", "list-quorum-values")
+    for value in ("0", "9", "3"):
+        shell.error(
+            "quorum", "token-sign", "set-quorum-value", "--service", "quorum", "--value", value
+        )
+    assert shell.ok("quorum", "token-sign", "list-quorum-values") == before
+
+
+def test_two_of_two_approval_for_user_management(quorum_cluster: QuorumCluster) -> None:
+    """With the user service at 2: `user create` without approval says `Quorum approval is
+    required for this operation`; one signature is not enough; two signatures let it through
+    once, and the spent token cannot be used again."""
+    q = quorum_cluster
+    raise_user_quorum_to_two(q)
+    newcomer = q.names.username("newcomer_")
+    assert q.shell.error(*q.create_user_args(newcomer)) == QUORUM_REQUIRED
+    assert newcomer not in listed_usernames(q.cluster)
+
+    token = q.generate("user")
+    tokens = q.shell.ok("quorum", "token-sign", "list")["tokens"]
+    mine = [t for t in tokens if t["service"] == "user"]
+    assert mine
+    assert (mine[0]["approvals-required"], mine[0]["number-of-approvals"]) == (2, 0)
+
+    one = q.approve(token, q.approvers[:1])
+    assert q.shell.error(*q.create_user_args(newcomer), "--approval", str(one)) == QUORUM_REQUIRED
+    both = q.approve(token, q.approvers)
+    created = q.shell.ok(*q.create_user_args(newcomer), "--approval", str(both))
+    assert created == {"username": newcomer, "role": "crypto-user"}
+    assert newcomer in listed_usernames(q.cluster)
+
+    again = q.names.username("again_")
+    assert q.shell.error(*q.create_user_args(again), "--approval", str(both)) == QUORUM_REQUIRED
+
+
+def test_token_dies_with_the_login_session(
+    quorum_cluster: QuorumCluster, interactive_cli: Callable[..., InteractiveCli]
+) -> None:
+    """A token is valid only in the session that generated it: after logout and a new login,
+    even a fully approved token is refused."""
+    q = quorum_cluster
+    raise_user_quorum_to_two(q)
+    approval = q.approve(q.generate("user"), q.approvers)
+    q.shell.ok("logout")
+    q.shell.login(admin_credentials(q.cluster))
+    newcomer = q.names.username("late_")
+    assert q.shell.error(*q.create_user_args(newcomer), "--approval", str(approval)) == (
+        QUORUM_REQUIRED
+    )
+    assert newcomer not in listed_usernames(q.cluster)
+
+
+def test_token_expires_after_the_generated_timeout(quorum_cluster: QuorumCluster) -> None:
+    """Timeouts default to 600 s; with `set-timeout --generated 1`, a token approved after
+    it expired is refused."""
+    q = quorum_cluster
+    assert q.shell.ok("quorum", "token-sign", "list-timeouts") == {
+        "generated": 600,
+        "approved": 600,
+    }
+    raise_user_quorum_to_two(q)
+    assert (
+        q.shell.ok("quorum", "token-sign", "set-timeout", "--generated", "1")
+        == "Set token timeout successful"
+    )
+    token = q.generate("user")
+    time.sleep(1.5)
+    approval = q.approve(token, q.approvers)
+    newcomer = q.names.username("expired_")
+    assert q.shell.error(*q.create_user_args(newcomer), "--approval", str(approval)) == (
+        QUORUM_REQUIRED
+    )
+
+
+def test_delete_tokens(quorum_cluster: QuorumCluster) -> None:
+    """`quorum token-sign delete --scope all` removes outstanding tokens from the listing."""
+    q = quorum_cluster
+    q.generate("user")
+    assert q.shell.ok("quorum", "token-sign", "list")["tokens"]
+    assert (
+        q.shell.ok("quorum", "token-sign", "delete", "--scope", "all")
+        == "Deletion of quorum token(s) successful"
+    )
+    assert q.shell.ok("quorum", "token-sign", "list")["tokens"] == []
