@@ -27,12 +27,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import cmac, hashes, padding
-from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 from cryptography.hazmat.primitives.asymmetric import padding as rsa_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol.mechanisms import DECRYPT, ENCRYPT, MAC, MECHANISMS, SIGN
+from protocol.mechanisms import DECRYPT, ENCRYPT, HASHES, MAC, MECHANISMS, SIGN
 from protocol.status import Status
 from simulator.errors import HsmError
 from simulator.hsm import gcm
@@ -49,6 +48,7 @@ from simulator.hsm.params import (
     require_key,
     require_usage,
     required_hash,
+    required_hash_name,
 )
 from simulator.hsm.wrapping import unwrap, wrap
 
@@ -383,15 +383,16 @@ def decrypt(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any])
 
 # -- MAC and digest -----------------------------------------------------------------
 
+_HMAC_LIMIT_NAMES = {h: f"hmac-{h}" for h in HASHES}
+
 
 def _compute_mac(key: KeyMaterial, mechanism: str, args: Mapping[str, Any]) -> bytes:
     data = data_bytes(args)
     if mechanism == "hmac":
-        algorithm = required_hash(args, mechanism)
-        check_data_limit(f"hmac-{args['hash']}", len(data))
-        h = crypto_hmac.HMAC(key.value, algorithm)
-        h.update(data)
-        return h.finalize()
+        hash_name = required_hash_name(args, mechanism)
+        check_data_limit(_HMAC_LIMIT_NAMES[hash_name], len(data))
+        # The standard library's one-shot HMAC runs in OpenSSL without per-call objects.
+        return hmac.digest(key.value, data, hash_name)
     c = cmac.CMAC(algorithms.AES(key.value))
     c.update(data)
     return c.finalize()

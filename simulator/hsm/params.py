@@ -52,6 +52,15 @@ def required_hash(args: Mapping[str, Any], mechanism: str) -> hashes.HashAlgorit
     return hash_algorithm(args["hash"])
 
 
+def required_hash_name(args: Mapping[str, Any], mechanism: str) -> str:
+    """The ``hash`` argument as a checked name (for paths that hash with hashlib/hmac)."""
+    name = args.get("hash")
+    if isinstance(name, str) and name in _HASH_CLASSES:
+        return name
+    required_hash(args, mechanism)  # raises the precise error
+    raise AssertionError("unreachable")
+
+
 def matching_mgf(args: Mapping[str, Any], algorithm: hashes.HashAlgorithm) -> hashes.HashAlgorithm:
     """The MGF1 hash: CloudHSM accepts only the MGF1 that matches the hash (spec 6.3)."""
     mgf = args.get("mgf")
