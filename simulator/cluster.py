@@ -34,6 +34,7 @@ import dataclasses
 import ipaddress
 import json
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -43,10 +44,14 @@ from typing import Any, TypeVar
 
 from protocol.channel import HelloInfo
 from simulator import ids, pki
+from simulator.backup import BackupContent, BackupRecord, BackupVault
+from simulator.controlplane import ControlPlane
 from simulator.endpoint import HsmEndpoint
 from simulator.errors import SimulatorError
+from simulator.faults import FaultController, FaultyHsm
 from simulator.host import ServerHost
 from simulator.hsm import Hsm, HsmIdentity
+from simulator.sync import DEFAULT_LAG, KeySync
 
 HSM_TYPES = ("hsm2m.medium", "hsm1.medium")
 
@@ -65,6 +70,8 @@ STATE_MESSAGES = {
     "INITIALIZE_IN_PROGRESS": "Cluster is initializing. State will change to INITIALIZED upon completion.",
     "DELETE_IN_PROGRESS": "The cluster is being deleted.",
 }
+
+REGION = "us-east-1"
 
 CLUSTER_FILE = "cluster.json"
 AWS_ROOT_FILE = "AWS_CloudHSM_Root-G1.crt"
@@ -86,6 +93,10 @@ class ClusterError(SimulatorError):
 
 class ClusterStateError(ClusterError):
     """The operation needs the cluster (or an HSM) in another state."""
+
+
+class ClusterNotFoundError(ClusterError):
+    """The cluster or HSM named does not exist."""
 
 
 # -- persisted records -----------------------------------------------------------
@@ -145,6 +156,7 @@ class ClusterRecord:
     cluster_certificate: str = ""
     trust_anchor: str = ""
     source_backup_id: str | None = None
+    child_clusters: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,6 +228,8 @@ class RunningHsm:
         self.hsm: Hsm | None = None
         self.endpoint: HsmEndpoint | None = None
         self.host: ServerHost | None = None
+        #: Taken down by a fault (its host is stopped; its state is kept).
+        self.stopped = False
 
     async def call(self, fn: Callable[[Hsm], _T]) -> _T:
         """Run ``fn(hsm)`` on this HSM's worker thread."""
@@ -248,6 +262,10 @@ class LocalCluster:
         allow_list: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = DEFAULT_ALLOW_LIST,
         initialize_delay: float = 0.0,
         control_plane: bool = True,
+        sync_lag: float = DEFAULT_LAG,
+        fault_seed: int = 0,
+        vault: BackupVault | None = None,
+        registry: dict[str, LocalCluster] | None = None,
     ) -> None:
         self.record = record
         self.data_dir = data_dir
@@ -258,11 +276,26 @@ class LocalCluster:
         self.allow_list = tuple(allow_list)
         self.initialize_delay = initialize_delay
         self._want_control_plane = control_plane
+        self._options: dict[str, Any] = {
+            "allow_list": allow_list,
+            "initialize_delay": initialize_delay,
+            "sync_lag": sync_lag,
+            "fault_seed": fault_seed,
+        }
         self.hsms: dict[str, RunningHsm] = {}
         self.control_plane: Any = None
+        self.faults = FaultController(self, seed=fault_seed)
+        self.sync = KeySync(self, lag=sync_lag)
+        self.vault = vault if vault is not None else BackupVault.open(data_dir)
+        #: Every cluster this one's control plane serves, itself included.
+        self.registry: dict[str, LocalCluster] = registry if registry is not None else {}
+        self.registry[record.cluster_id] = self
+        #: Called after HSMs are added or removed (``up`` rewrites the client config).
+        self.membership_listeners: list[Callable[[LocalCluster], None]] = []
         self._initializing: asyncio.Task[None] | None = None
         self._started = False
         self._save_lock = threading.Lock()
+        self._membership_lock = asyncio.Lock()
 
     # -- construction ------------------------------------------------------------
 
@@ -274,38 +307,24 @@ class LocalCluster:
         hsm_type: str = "hsm2m.medium",
         *,
         host: str = "127.0.0.1",
-        allow_list: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = DEFAULT_ALLOW_LIST,
-        initialize_delay: float = 0.0,
-        control_plane: bool = True,
+        **options: Any,
     ) -> LocalCluster:
         """Open the cluster in ``data_dir`` if it has one, else make a new one there.
 
-        Creation does the CPU-heavy key generation in a worker thread so an event
-        loop serving other clusters stays responsive.
+        Options: ``allow_list``, ``initialize_delay`` (seconds InitializeCluster
+        takes), ``control_plane`` (serve the API), ``sync_lag`` (seconds before the
+        server-side sync copies a key), ``fault_seed``. Creation does the CPU-heavy
+        key generation in a worker thread so a loop serving other clusters stays
+        responsive.
         """
         path = Path(data_dir) if data_dir is not None else None
         if path is not None and (path / CLUSTER_FILE).exists():
-            return await asyncio.to_thread(
-                cls._open,
-                path,
-                allow_list=allow_list,
-                initialize_delay=initialize_delay,
-                control_plane=control_plane,
-            )
+            return await asyncio.to_thread(cls._open, path, **options)
         if hsm_type not in HSM_TYPES:
             raise ClusterError(f"Provided HsmType is not supported: {hsm_type!r}.")
         if not 1 <= hsms <= MAX_HSMS:
             raise ClusterError(f"A cluster holds 1 to {MAX_HSMS} HSMs; asked for {hsms}.")
-        return await asyncio.to_thread(
-            cls._new,
-            path,
-            hsms,
-            hsm_type,
-            host,
-            allow_list=allow_list,
-            initialize_delay=initialize_delay,
-            control_plane=control_plane,
-        )
+        return await asyncio.to_thread(cls._new, path, hsms, hsm_type, host, **options)
 
     @classmethod
     def _new(
@@ -314,12 +333,17 @@ class LocalCluster:
         hsm_count: int,
         hsm_type: str,
         host: str,
+        *,
+        restore: BackupContent | None = None,
+        source_backup_id: str | None = None,
+        roots: pki.VendorRoots | None = None,
+        subnet_ids: Sequence[str] | None = None,
         **options: Any,
     ) -> LocalCluster:
         cluster_id = ids.new_cluster_id()
-        region = "us-east-1"
-        zones = [f"{region}{letter}" for letter in "abc"]
-        subnet_mapping = {zone: ids.new_subnet_id() for zone in zones}
+        zones = [f"{REGION}{letter}" for letter in "abc"]
+        subnets = list(subnet_ids or [ids.new_subnet_id() for _ in zones])
+        subnet_mapping = {zones[i % len(zones)]: subnet for i, subnet in enumerate(subnets[:3])}
         record = ClusterRecord(
             cluster_id=cluster_id,
             hsm_type=hsm_type,
@@ -330,24 +354,27 @@ class LocalCluster:
             subnet_mapping=subnet_mapping,
             host=host,
         )
-        roots = pki.VendorRoots.generate()
-        cluster_key = pki.generate_rsa_key()
-        cluster_key_pem = pki.private_key_pem(cluster_key)
-        masking_key = secrets.token_bytes(MASKING_KEY_BYTES)
+        roots = roots or pki.VendorRoots.generate()
+        if restore is not None:
+            # A restored cluster is the backed-up cluster to its clients: same keys,
+            # same certificate; it skips the ceremony (spec §10.1).
+            cluster_key_pem = restore.cluster_key_pem
+            masking_key = restore.masking_key
+            record.state = "INITIALIZED"
+            record.cluster_certificate = restore.cluster_certificate
+            record.trust_anchor = restore.trust_anchor
+            record.source_backup_id = source_backup_id
+        else:
+            cluster_key_pem = pki.private_key_pem(pki.generate_rsa_key())
+            masking_key = secrets.token_bytes(MASKING_KEY_BYTES)
+        cluster_key = pki.load_private_key(cluster_key_pem)
         materials: dict[str, HsmMaterial] = {}
         for index in range(hsm_count):
             hsm_record, material = cls._mint_hsm(record, roots, cluster_key, index)
             record.hsms.append(hsm_record)
             materials[hsm_record.hsm_id] = material
-        first = record.hsms[0]
-        record.first_serial = first.serial
-        first_material = materials[first.hsm_id]
-        record.cluster_csr = pki.make_cluster_csr(cluster_key, first.serial, cluster_id).decode()
-        record.hsm_certificate = first_material.hsm_certificate_pem.decode()
-        record.aws_hardware_certificate = first_material.hardware.aws_hardware_cert_pem.decode()
-        record.manufacturer_hardware_certificate = (
-            first_material.hardware.manufacturer_hardware_cert_pem.decode()
-        )
+        if record.hsms and restore is None:
+            cls._certify_first(record, cluster_key, materials[record.hsms[0].hsm_id])
         cluster = cls(record, path, roots, cluster_key_pem, masking_key, materials, **options)
         if path is not None:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -365,10 +392,30 @@ class LocalCluster:
         return cluster
 
     @staticmethod
+    def _certify_first(
+        record: ClusterRecord, cluster_key: pki.PrivateKey, material: HsmMaterial
+    ) -> None:
+        """The first HSM's certificates and the cluster CSR (spec §1.5)."""
+        first = record.hsms[0]
+        record.first_serial = first.serial
+        record.cluster_csr = pki.make_cluster_csr(
+            cluster_key, first.serial, record.cluster_id
+        ).decode()
+        record.hsm_certificate = material.hsm_certificate_pem.decode()
+        record.aws_hardware_certificate = material.hardware.aws_hardware_cert_pem.decode()
+        record.manufacturer_hardware_certificate = (
+            material.hardware.manufacturer_hardware_cert_pem.decode()
+        )
+
+    @staticmethod
     def _mint_hsm(
-        record: ClusterRecord, roots: pki.VendorRoots, cluster_key: pki.PrivateKey, index: int
+        record: ClusterRecord,
+        roots: pki.VendorRoots,
+        cluster_key: pki.PrivateKey,
+        index: int,
+        zone: str | None = None,
     ) -> tuple[HsmRecord, HsmMaterial]:
-        zone = sorted(record.subnet_mapping)[index % len(record.subnet_mapping)]
+        zone = zone or sorted(record.subnet_mapping)[index % len(record.subnet_mapping)]
         serial = ids.new_hsm_serial()
         hardware = pki.HsmHardware.generate(roots, serial)
         hsm_record = HsmRecord(
@@ -428,6 +475,9 @@ class LocalCluster:
 
     @property
     def state(self) -> str:
+        """The state DescribeClusters shows: DEGRADED while an HSM of an ACTIVE cluster is down."""
+        if self.record.state == "ACTIVE" and any(r.stopped for r in self.hsms.values()):
+            return "DEGRADED"
         return self.record.state
 
     @property
@@ -448,8 +498,10 @@ class LocalCluster:
 
     @property
     def control_plane_url(self) -> str | None:
-        if self.control_plane is None:
-            return None
+        plane = self.control_plane
+        if plane is None:
+            root = next((c for c in self.registry.values() if c.control_plane is not None), None)
+            return None if root is None else root.control_plane_url
         return f"http://{_url_host(self.host)}:{self.record.control_plane_port}"
 
     def addresses(self) -> list[tuple[str, str, int]]:
@@ -459,7 +511,7 @@ class LocalCluster:
     # -- running -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open every HSM, start its endpoint and server host, and the control plane."""
+        """Open every HSM, start its endpoint and server host, the control plane and sync."""
         if self._started:
             return
         self._started = True
@@ -467,9 +519,8 @@ class LocalCluster:
             for hsm_record in self.record.hsms:
                 await self._start_hsm(hsm_record)
             if self._want_control_plane:
-                from simulator.controlplane import ControlPlane
-
-                plane = ControlPlane({self.cluster_id: self}, host=self.host)
+                await self._open_children()
+                plane = ControlPlane(self.registry, host=self.host, root=self)
                 await plane.start(self.record.control_plane_port)
                 self.control_plane = plane
                 self.record.control_plane_port = plane.port
@@ -477,9 +528,29 @@ class LocalCluster:
             if self.record.state == "INITIALIZE_IN_PROGRESS":
                 # A previous run stopped between accepting InitializeCluster and finishing it.
                 self._initializing = asyncio.create_task(self._complete_initialization())
+            await self.sync.start()
         except BaseException:
             await self.stop()
             raise
+
+    async def _open_children(self) -> None:
+        """Clusters made through CreateCluster live under ``clusters/`` of the root."""
+        for cluster_id in list(self.record.child_clusters):
+            child_dir = self._child_dir(cluster_id)
+            if child_dir is None or not (child_dir / CLUSTER_FILE).exists():
+                self.record.child_clusters.remove(cluster_id)
+                continue
+            child = await LocalCluster.create(
+                child_dir,
+                control_plane=False,
+                vault=self.vault,
+                registry=self.registry,
+                **self._options,
+            )
+            await child.start()
+
+    def _child_dir(self, cluster_id: str) -> Path | None:
+        return None if self.data_dir is None else self.data_dir / "clusters" / cluster_id
 
     def _identity(self, hsm_record: HsmRecord) -> HsmIdentity:
         return HsmIdentity(
@@ -499,24 +570,38 @@ class LocalCluster:
             return self.record.cluster_certificate.encode(), self.cluster_key_pem
         return running.hsm_certificate_chain, self.cluster_key_pem
 
-    async def _start_hsm(self, hsm_record: HsmRecord, hsm: Hsm | None = None) -> RunningHsm:
+    async def _start_hsm(self, hsm_record: HsmRecord, snapshot: bytes | None = None) -> RunningHsm:
         identity = self._identity(hsm_record)
         running = RunningHsm(hsm_record, identity, self._materials[hsm_record.hsm_id])
         self.hsms[hsm_record.hsm_id] = running
         loop = asyncio.get_running_loop()
-        if hsm is None:
-            path = self._hsm_path(hsm_record.hsm_id)
-            masking_key = self._masking_key
+        path = self._hsm_path(hsm_record.hsm_id)
+        masking_key = self._masking_key
+        if snapshot is None:
             running.hsm = await loop.run_in_executor(
                 running.executor, lambda: Hsm.open(identity, path, masking_key)
             )
         else:
-            running.hsm = hsm
-        endpoint = HsmEndpoint(running.hsm, executor=running.executor)
+            running.hsm = await loop.run_in_executor(
+                running.executor,
+                lambda: Hsm.from_snapshot(identity, path, masking_key, snapshot),
+            )
+        faulty = FaultyHsm(
+            running.hsm,
+            self.faults.for_hsm(hsm_record.hsm_id),
+            self.faults.rng_for(hsm_record.hsm_id),
+        )
+        endpoint = HsmEndpoint(faulty, executor=running.executor)
         endpoint.set_certificate(*self._endpoint_credential(running))
         running.endpoint = endpoint
+        await self._start_host(running)
+        return running
+
+    async def _start_host(self, running: RunningHsm) -> None:
+        assert running.endpoint is not None
+        hsm_record = running.record
         host = ServerHost(
-            endpoint,
+            running.endpoint,
             host_cert_pem=running.material.host.cert_pem,
             host_key_pem=running.material.host.key_pem,
             bind=(self.host, hsm_record.port),
@@ -525,10 +610,10 @@ class LocalCluster:
         )
         await host.start()
         running.host = host
+        running.stopped = False
         # Port 0 on first start: the port the kernel chose becomes the HSM's for good,
         # so a client configuration written now stays valid across restarts.
         hsm_record.port = host.port
-        return running
 
     async def _stop_hsm(self, running: RunningHsm) -> None:
         if running.host is not None:
@@ -544,7 +629,8 @@ class LocalCluster:
         running.executor.shutdown(wait=True)
 
     async def stop(self) -> None:
-        """Stop the control plane, every host and HSM; wait for their threads."""
+        """Stop sync, the control plane, child clusters, every host and HSM."""
+        await self.sync.stop()
         if self._initializing is not None and not self._initializing.done():
             self._initializing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -552,6 +638,9 @@ class LocalCluster:
         if self.control_plane is not None:
             await self.control_plane.stop()
             self.control_plane = None
+            for child in list(self.registry.values()):
+                if child is not self:
+                    await child.stop()
         for running in list(self.hsms.values()):
             await self._stop_hsm(running)
         self.hsms.clear()
@@ -563,6 +652,244 @@ class LocalCluster:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    # -- faults: an HSM going down and coming back --------------------------------
+
+    async def stop_hsm(self, hsm_id: str) -> None:
+        """The HSM becomes unreachable (its port closes); its state is kept."""
+        running = self.hsms[hsm_id]
+        if running.stopped:
+            return
+        running.stopped = True
+        running.record.state = "DEGRADED"
+        running.record.state_message = "HSM is unavailable."
+        if running.host is not None:
+            await running.host.stop()
+            running.host = None
+        # Sessions die with the connections: close what the endpoint left open.
+        self.save()
+
+    async def start_hsm(self, hsm_id: str) -> None:
+        running = self.hsms[hsm_id]
+        if not running.stopped:
+            return
+        await self._start_host(running)
+        running.record.state = "ACTIVE"
+        running.record.state_message = "HSM created."
+        self.save()
+
+    # -- membership ----------------------------------------------------------------
+
+    def _notify_membership(self) -> None:
+        for listener in list(self.membership_listeners):
+            listener(self)
+
+    def _snapshot_source(self) -> RunningHsm | None:
+        for running in self.hsms.values():
+            if running.hsm is not None and not running.stopped:
+                return running
+        return None
+
+    async def add_hsm(self, availability_zone: str | None = None) -> HsmRecord:
+        """CreateHsm: a new HSM restored from a snapshot of an existing one.
+
+        The snapshot is taken now: keys made later reach the new HSM only through
+        the client or the server-side sync. An ACTIVE cluster is backed up first.
+        The first HSM of an uninitialized cluster generates the CSR; the first HSM
+        of a cluster with none left (or restored from a backup) restores the latest
+        backup.
+        """
+        if availability_zone is not None and availability_zone not in self.record.subnet_mapping:
+            zones = ", ".join(sorted(self.record.subnet_mapping))
+            raise ClusterError(
+                f"The Availability Zone {availability_zone} is not in the cluster's subnet "
+                f"mapping ({zones})."
+            )
+        if len(self.record.hsms) >= MAX_HSMS:
+            raise ClusterError(f"The cluster already has the maximum of {MAX_HSMS} HSMs.")
+        if self.record.state in ("INITIALIZE_IN_PROGRESS", "DELETE_IN_PROGRESS"):
+            raise ClusterStateError(
+                f"Cluster {self.cluster_id} is in state {self.record.state}; try again later."
+            )
+        async with self._membership_lock:
+            snapshot: bytes | None = None
+            source = self._snapshot_source()
+            if source is not None:
+                if self.record.state == "ACTIVE":
+                    await self.take_backup(source)
+                snapshot = await source.call(lambda hsm: hsm.export_snapshot())
+            elif self.record.state != "UNINITIALIZED":
+                snapshot = self._snapshot_from_backup()
+            cluster_key = pki.load_private_key(self.cluster_key_pem)
+            hsm_record, material = await asyncio.to_thread(
+                self._mint_hsm,
+                self.record,
+                self.roots,
+                cluster_key,
+                len(self.record.hsms),
+                availability_zone,
+            )
+            if self.data_dir is not None:
+                await asyncio.to_thread(material.save, self.data_dir / "hsms" / hsm_record.hsm_id)
+            self._materials[hsm_record.hsm_id] = material
+            self.record.hsms.append(hsm_record)
+            if len(self.record.hsms) == 1 and self.record.state == "UNINITIALIZED":
+                self._certify_first(self.record, cluster_key, material)
+            try:
+                await self._start_hsm(hsm_record, snapshot)
+            except BaseException:
+                self.record.hsms.remove(hsm_record)
+                running = self.hsms.pop(hsm_record.hsm_id, None)
+                if running is not None:
+                    await self._stop_hsm(running)
+                raise
+            self.save()
+        self._notify_membership()
+        return hsm_record
+
+    def _snapshot_from_backup(self) -> bytes:
+        latest = self.vault.latest_for(self.cluster_id)
+        backup_id = latest.backup_id if latest is not None else self.record.source_backup_id
+        if backup_id is None:
+            raise ClusterStateError(
+                f"Cluster {self.cluster_id} has no HSM and no backup to restore a new HSM from."
+            )
+        return self.vault.content(backup_id).snapshot_for(self.cluster_id)
+
+    def find_hsm(
+        self, hsm_id: str | None = None, eni_id: str | None = None, eni_ip: str | None = None
+    ) -> HsmRecord:
+        """The HSM named by exactly one of its id, ENI id or ENI address (DeleteHsm)."""
+        given = [v for v in (hsm_id, eni_id, eni_ip) if v is not None]
+        if len(given) != 1:
+            raise ClusterError("Specify exactly one of HsmId, EniId and EniIp.")
+        matches = [
+            h
+            for h in self.record.hsms
+            if (hsm_id is not None and h.hsm_id == hsm_id)
+            or (eni_id is not None and h.eni_id == eni_id)
+            or (eni_ip is not None and h.eni_ip == eni_ip)
+        ]
+        if not matches:
+            raise ClusterNotFoundError(f"No HSM {given[0]} in cluster {self.cluster_id}.")
+        if len(matches) > 1:
+            raise ClusterError(
+                f"EniIp {eni_ip} names {len(matches)} HSMs of this simulated cluster (they share "
+                "one address); use HsmId or EniId."
+            )
+        return matches[0]
+
+    async def remove_hsm(self, hsm_id: str) -> None:
+        """DeleteHsm. An ACTIVE cluster is backed up first, from the HSM being removed."""
+        record = self.find_hsm(hsm_id=hsm_id)
+        async with self._membership_lock:
+            running = self.hsms.get(record.hsm_id)
+            if running is not None:
+                if self.record.state == "ACTIVE" and running.hsm is not None:
+                    await self.take_backup(running)
+                await self._stop_hsm(running)
+                self.hsms.pop(record.hsm_id, None)
+            self.record.hsms.remove(record)
+            self._materials.pop(record.hsm_id, None)
+            self.sync.forget(record.hsm_id)
+            if self.data_dir is not None:
+                await asyncio.to_thread(shutil.rmtree, self.data_dir / "hsms" / record.hsm_id, True)
+            self.save()
+        self._notify_membership()
+
+    # -- backups -------------------------------------------------------------------
+
+    async def take_backup(self, running: RunningHsm | None = None) -> BackupRecord:
+        """Back up one HSM (the first reachable one by default) into the vault."""
+        source = running or self._snapshot_source()
+        if source is None:
+            raise ClusterStateError(f"Cluster {self.cluster_id} has no reachable HSM to back up.")
+        snapshot = await source.call(lambda hsm: hsm.export_snapshot())
+        content = BackupContent(
+            snapshot=snapshot,
+            masking_key=self._masking_key,
+            cluster_key_pem=self.cluster_key_pem,
+            cluster_certificate=self.record.cluster_certificate,
+            trust_anchor=self.record.trust_anchor,
+            source_cluster_id=self.cluster_id,
+        )
+        return await asyncio.to_thread(
+            self.vault.put, self.cluster_id, self.record.hsm_type, source.record.hsm_id, content
+        )
+
+    async def create_cluster(
+        self,
+        hsm_type: str,
+        subnet_ids: Sequence[str],
+        source_backup_id: str | None = None,
+    ) -> LocalCluster:
+        """CreateCluster on this control plane: a new cluster with no HSMs yet."""
+        restore = self.vault.content(source_backup_id) if source_backup_id else None
+        child = await asyncio.to_thread(
+            LocalCluster._new,
+            None,
+            0,
+            hsm_type,
+            self.host,
+            restore=restore,
+            source_backup_id=source_backup_id,
+            roots=self.roots,
+            subnet_ids=subnet_ids,
+            control_plane=False,
+            vault=self.vault,
+            registry=self.registry,
+            **self._options,
+        )
+        child_dir = self._child_dir(child.cluster_id)
+        if child_dir is not None:
+            child.data_dir = child_dir
+            await asyncio.to_thread(child._write_all)
+            self.record.child_clusters.append(child.cluster_id)
+            self.save()
+        await child.start()
+        return child
+
+    def _write_all(self) -> None:
+        """Write a cluster made in memory into its data directory."""
+        path = self.data_dir
+        assert path is not None
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pki.write_private(path / "keys" / "cluster.key", self.cluster_key_pem)
+        pki.write_private(path / "keys" / "masking.key", self._masking_key)
+        self.roots.aws.write(path / "pki" / "aws-root.crt", path / "pki" / "aws-root.key")
+        self.roots.manufacturer.write(
+            path / "pki" / "manufacturer-root.crt", path / "pki" / "manufacturer-root.key"
+        )
+        for hsm_id, material in self._materials.items():
+            material.save(path / "hsms" / hsm_id)
+        self.save()
+
+    async def delete_cluster(self, cluster_id: str) -> dict[str, Any]:
+        """DeleteCluster: only a cluster without HSMs, never the one this process serves."""
+        target = self.registry.get(cluster_id)
+        if target is None:
+            raise ClusterNotFoundError(f"The cluster {cluster_id} could not be found.")
+        if target.record.hsms:
+            raise ClusterStateError(
+                f"Cluster {cluster_id} still has {len(target.record.hsms)} HSM(s); delete them "
+                "before deleting the cluster."
+            )
+        if target is self:
+            raise ClusterError(
+                f"Cluster {cluster_id} is the cluster this cloudhsm-local process serves; stop "
+                "the process and remove its data directory instead."
+            )
+        described = await target.describe()
+        await target.stop()
+        self.registry.pop(cluster_id, None)
+        if cluster_id in self.record.child_clusters:
+            self.record.child_clusters.remove(cluster_id)
+            self.save()
+        if target.data_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, target.data_dir, True)
+        described["State"] = "DELETE_IN_PROGRESS"
+        described["StateMessage"] = STATE_MESSAGES["DELETE_IN_PROGRESS"]
+        return described
 
     # -- the lifecycle -----------------------------------------------------------
 
@@ -579,7 +906,9 @@ class LocalCluster:
                 "requires UNINITIALIZED."
             )
         if not self.record.cluster_csr:
-            raise ClusterStateError(f"Cluster {self.cluster_id} has no HSM and hence no CSR.")
+            raise ClusterStateError(
+                f"Cluster {self.cluster_id} has no HSM and hence no CSR; create an HSM first."
+            )
         await asyncio.to_thread(
             pki.validate_initialization,
             signed_cert_pem,
@@ -624,7 +953,10 @@ class LocalCluster:
         return signed
 
     async def refresh_state(self) -> str:
-        """Move INITIALIZED → ACTIVE once an HSM reports that it was activated."""
+        """Move INITIALIZED → ACTIVE once an HSM reports that it was activated.
+
+        Activation forces a backup (spec §1.4), taken from the activated HSM.
+        """
         if self.record.state == "INITIALIZED":
             for running in list(self.hsms.values()):
                 if running.hsm is None:
@@ -632,12 +964,15 @@ class LocalCluster:
                 if await running.call(_is_activated):
                     self.record.state = "ACTIVE"
                     self.save()
+                    if self.record.source_backup_id is None:
+                        with contextlib.suppress(ClusterError):
+                            await self.take_backup(running)
                     break
-        return self.record.state
+        return self.state
 
     async def describe(self) -> dict[str, Any]:
         """The cluster in DescribeClusters' ``Cluster`` shape (spec §11.3)."""
-        await self.refresh_state()
+        state = await self.refresh_state()
         record = self.record
         body: dict[str, Any] = {
             "BackupPolicy": "DEFAULT",
@@ -647,7 +982,7 @@ class LocalCluster:
             "Hsms": [h.describe(record.cluster_id, record.hsm_type) for h in record.hsms],
             "HsmType": record.hsm_type,
             "SecurityGroup": record.security_group,
-            "State": record.state,
+            "State": state,
             "SubnetMapping": dict(record.subnet_mapping),
             "VpcId": record.vpc_id,
             "NetworkType": "IPV4",
@@ -655,8 +990,8 @@ class LocalCluster:
             "TagList": [],
             "Mode": record.mode,
         }
-        if record.state in STATE_MESSAGES:
-            body["StateMessage"] = STATE_MESSAGES[record.state]
+        if state in STATE_MESSAGES:
+            body["StateMessage"] = STATE_MESSAGES[state]
         if record.source_backup_id:
             body["SourceBackupId"] = record.source_backup_id
         return body

@@ -21,12 +21,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from simulator import ids, pki
 
@@ -50,9 +51,13 @@ MAX_BACKUPS_PAGE = 50
 logger = logging.getLogger(__name__)
 
 TARGET_PREFIX = "BaldrApiService."
+
+#: cloudhsm-local's own operations (fault controls); never sent by AWS tools.
+LOCAL_TARGET_PREFIX = "CloudHsmLocal."
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 
 CLUSTER_FILTERS = frozenset({"clusterIds", "states", "vpcIds"})
+BACKUP_FILTERS = frozenset({"backupIds", "sourceBackupIds", "clusterIds", "states", "neverExpires"})
 
 
 class ApiError(Exception):
@@ -74,6 +79,8 @@ def not_found(message: str) -> ApiError:
 
 
 Operation = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,18 +193,45 @@ def paginate(
 
 
 class ControlPlane:
-    """The API over a set of clusters (one for ``up``; more once CreateCluster is used)."""
+    """The API over a set of clusters (one for ``up``; more once CreateCluster is used).
+
+    ``root`` is the cluster the process was started with: CreateCluster makes new
+    clusters beside it (sharing its backup vault), and it is never deleted.
+    Besides ``BaldrApiService.*`` the plane answers ``CloudHsmLocal.*``: the fault
+    controls of :mod:`simulator.faults`, for ``cloudhsm-local fault``.
+    """
 
     def __init__(
-        self, clusters: MutableMapping[str, LocalCluster], *, host: str = "127.0.0.1"
+        self,
+        clusters: MutableMapping[str, LocalCluster],
+        *,
+        host: str = "127.0.0.1",
+        root: LocalCluster | None = None,
     ) -> None:
         self.clusters = clusters
         self.host = host
+        self.root = root
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.operations: dict[str, Operation] = {
             "DescribeClusters": self.describe_clusters,
             "InitializeCluster": self.initialize_cluster,
+            "CreateHsm": self.create_hsm,
+            "DeleteHsm": self.delete_hsm,
+            "CreateCluster": self.create_cluster,
+            "DeleteCluster": self.delete_cluster,
+            "DescribeBackups": self.describe_backups,
+        }
+        self.local_operations: dict[str, Operation] = {
+            "DescribeFaults": self.describe_faults,
+            "StopHsm": self.fault_stop_hsm,
+            "StartHsm": self.fault_start_hsm,
+            "SeverHsm": self.fault_sever_hsm,
+            "SetBusy": self.fault_busy,
+            "SetLatency": self.fault_latency,
+            "PauseSync": self.fault_pause_sync,
+            "ResumeSync": self.fault_resume_sync,
+            "ClearFaults": self.fault_clear,
         }
 
     # -- operations -------------------------------------------------------------
@@ -207,6 +241,21 @@ class ControlPlane:
         if found is None:
             raise not_found(f"The cluster {cluster_id} could not be found.")
         return found
+
+    async def _guard(self, work: Awaitable[_R]) -> _R:
+        """Turn the simulator's refusals into the API's exceptions."""
+        from simulator.backup import BackupError
+        from simulator.cluster import ClusterError, ClusterNotFoundError
+        from simulator.faults import FaultError
+
+        try:
+            return await work
+        except ClusterNotFoundError as exc:
+            raise not_found(exc.message) from None
+        except BackupError as exc:
+            raise not_found(exc.message) from None
+        except (pki.CertificateRejected, ClusterError, FaultError) as exc:
+            raise invalid_request(exc.message) from None
 
     async def describe_clusters(self, body: dict[str, Any]) -> dict[str, Any]:
         filters = _filters(body, CLUSTER_FILTERS)
@@ -219,24 +268,182 @@ class ControlPlane:
         return paginate(described, body, "Clusters", MAX_CLUSTERS_PAGE)
 
     async def initialize_cluster(self, body: dict[str, Any]) -> dict[str, Any]:
-        from simulator.cluster import ClusterError
-
         cluster_id = _cluster_id(body)
         signed = _require_string(body, "SignedCert")
         anchor = _require_string(body, "TrustAnchor")
         assert signed is not None
         assert anchor is not None
         cluster = self.cluster(cluster_id)
-        try:
-            return await cluster.initialize(signed, anchor)
-        except (pki.CertificateRejected, ClusterError) as exc:
-            raise invalid_request(exc.message) from None
+        return await self._guard(cluster.initialize(signed, anchor))
+
+    async def create_hsm(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self.cluster(_cluster_id(body))
+        zone = _require_string(body, "AvailabilityZone")
+        address = _require_string(body, "IpAddress", required=False)
+        if address is not None:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise invalid_request(f"IpAddress {address!r} is not an IP address.") from None
+        record = await self._guard(cluster.add_hsm(zone))
+        return {"Hsm": record.describe(cluster.cluster_id, cluster.record.hsm_type)}
+
+    async def delete_hsm(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self.cluster(_cluster_id(body))
+        hsm_id = _require_string(body, "HsmId", required=False)
+        eni_id = _require_string(body, "EniId", required=False)
+        eni_ip = _require_string(body, "EniIp", required=False)
+
+        async def delete() -> str:
+            record = cluster.find_hsm(hsm_id, eni_id, eni_ip)
+            await cluster.remove_hsm(record.hsm_id)
+            return record.hsm_id
+
+        return {"HsmId": await self._guard(delete())}
+
+    async def create_cluster(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.root is None:
+            raise invalid_request("This control plane cannot create clusters.")
+        hsm_type = _require_string(body, "HsmType")
+        if hsm_type != "hsm2m.medium":
+            # hsm1.medium is past its end of support and no longer creatable (spec §0).
+            raise invalid_request("Provided HsmType is not supported.")
+        subnets = body.get("SubnetIds")
+        if (
+            not isinstance(subnets, list)
+            or not 1 <= len(subnets) <= 10
+            or not all(isinstance(s, str) and ids.is_subnet_id(s) for s in subnets)
+        ):
+            raise invalid_request(
+                "SubnetIds must be a list of 1 to 10 subnet ids (subnet-[0-9a-fA-F]{8,17})."
+            )
+        mode = body.get("Mode", "FIPS")
+        if mode != "FIPS":
+            raise invalid_request("cloudhsm-local simulates FIPS-mode clusters only.")
+        source = _require_string(body, "SourceBackupId", required=False)
+        if source is not None:
+            # An ARN names the backup too (cross-account restores use ARNs).
+            source = source.rsplit("/", 1)[-1]
+            if not ids.is_backup_id(source):
+                raise invalid_request(f"SourceBackupId {source!r} is not a backup id or ARN.")
+        root = self.root
+        cluster = await self._guard(root.create_cluster(hsm_type, subnets, source))
+        return {"Cluster": await cluster.describe()}
+
+    async def delete_cluster(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster_id = _cluster_id(body)
+        if self.root is None:
+            raise invalid_request("This control plane cannot delete clusters.")
+        return {"Cluster": await self._guard(self.root.delete_cluster(cluster_id))}
+
+    async def describe_backups(self, body: dict[str, Any]) -> dict[str, Any]:
+        filters = _filters(body, BACKUP_FILTERS)
+        if self.root is None:
+            return {"Backups": []}
+        backups = [r.describe() for r in self.root.vault.records()]
+        for name, field in (
+            ("backupIds", "BackupId"),
+            ("clusterIds", "ClusterId"),
+            ("states", "BackupState"),
+        ):
+            if name in filters:
+                wanted = set(filters[name])
+                backups = [b for b in backups if b[field] in wanted]
+        if "neverExpires" in filters:
+            expiring = {v.lower() == "true" for v in filters["neverExpires"]}
+            backups = [b for b in backups if b["NeverExpires"] in expiring]
+        if "sourceBackupIds" in filters:
+            backups = []
+        if body.get("SortAscending") is False:
+            backups.reverse()
+        return paginate(backups, body, "Backups", MAX_BACKUPS_PAGE)
+
+    # -- cloudhsm-local's own: faults ----------------------------------------------
+
+    def _fault_cluster(self, body: dict[str, Any]) -> LocalCluster:
+        if body.get("ClusterId") is not None:
+            return self.cluster(_cluster_id(body))
+        if self.root is not None:
+            return self.root
+        raise invalid_request("ClusterId is required.")
+
+    def _hsm_id(self, body: dict[str, Any]) -> str:
+        value = _require_string(body, "HsmId")
+        assert value is not None
+        return value
+
+    def _number(self, body: dict[str, Any], name: str, default: float | None = None) -> float:
+        value = body.get(name, default)
+        if value is None:
+            raise invalid_request(f"{name} is required.")
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise invalid_request(f"{name} must be a number.")
+        return float(value)
+
+    async def describe_faults(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._fault_cluster(body).faults.describe()
+
+    async def fault_stop_hsm(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        await self._guard(cluster.faults.stop_hsm(self._hsm_id(body)))
+        return cluster.faults.describe()
+
+    async def fault_start_hsm(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        await self._guard(cluster.faults.start_hsm(self._hsm_id(body)))
+        return cluster.faults.describe()
+
+    async def _sync_guard(self, work: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return work()
+
+        return await self._guard(run())
+
+    async def fault_sever_hsm(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        hsm_id = self._hsm_id(body)
+        count = await self._sync_guard(lambda: cluster.faults.sever(hsm_id))
+        return {"Severed": count}
+
+    async def fault_busy(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        hsm_id = self._hsm_id(body)
+        seconds = self._number(body, "Seconds")
+        probability = self._number(body, "Probability", 1.0)
+        await self._sync_guard(lambda: cluster.faults.busy(hsm_id, seconds, probability))
+        return cluster.faults.describe()
+
+    async def fault_latency(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        hsm_id = _require_string(body, "HsmId", required=False)
+        seconds = self._number(body, "Seconds")
+        jitter = self._number(body, "Jitter", 0.0)
+        await self._sync_guard(lambda: cluster.faults.latency(seconds, hsm_id, jitter))
+        return cluster.faults.describe()
+
+    async def fault_pause_sync(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        cluster.faults.pause_sync()
+        return cluster.faults.describe()
+
+    async def fault_resume_sync(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        cluster.faults.resume_sync()
+        return cluster.faults.describe()
+
+    async def fault_clear(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        await self._guard(cluster.faults.clear())
+        return cluster.faults.describe()
 
     async def dispatch(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
-        if not target.startswith(TARGET_PREFIX):
+        if target.startswith(LOCAL_TARGET_PREFIX):
+            table, name = self.local_operations, target[len(LOCAL_TARGET_PREFIX) :]
+        elif target.startswith(TARGET_PREFIX):
+            table, name = self.operations, target[len(TARGET_PREFIX) :]
+        else:
             raise ApiError("UnknownOperationException", f"Unknown target: {target!r}.")
-        name = target[len(TARGET_PREFIX) :]
-        operation = self.operations.get(name)
+        operation = table.get(name)
         if operation is None:
             raise ApiError(
                 "UnknownOperationException",

@@ -75,3 +75,10 @@ def is_backup_id(value: str) -> bool:
 
 def is_eni_id(value: str) -> bool:
     return ENI_ID_PATTERN.fullmatch(value) is not None
+
+
+SUBNET_ID_PATTERN = re.compile(r"subnet-[0-9a-fA-F]{8,17}")
+
+
+def is_subnet_id(value: str) -> bool:
+    return SUBNET_ID_PATTERN.fullmatch(value) is not None

@@ -561,8 +561,11 @@ def validate_initialization(
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    # Directories we create are private: they hold keys, or sit beside them.
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Directories we create are private: they hold keys, or sit beside them. (mkdir's
+    # mode applies only to the last directory, so create each missing one ourselves.)
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)
