@@ -11,7 +11,7 @@ from pathlib import Path
 
 from client.cluster import ClusterView
 from client.config import load_config
-from client.errors import ClientError
+from client.errors import ClientError, HsmBusy
 from fixtures.clients import Credentials
 from fixtures.cluster import ClusterUnderTest
 from protocol.ops import Op
@@ -158,5 +158,98 @@ def test_non_idempotent_requests_are_not_replayed(
             except ClientError as exc:
                 refused = exc
             assert refused is not None
+
+    asyncio.run(scenario())
+
+
+def _busy_everywhere(cluster: ClusterUnderTest, seconds: float) -> None:
+    controls = cluster.require_local()
+
+    async def apply() -> None:
+        for hsm_id in controls.cluster.hsms:
+            controls.cluster.faults.busy(hsm_id, seconds)
+
+    controls.run(apply())
+
+
+def test_busy_answers_are_retried_with_backoff(
+    cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Credentials]
+) -> None:
+    user = crypto_user()
+
+    async def scenario() -> None:
+        view = await ClusterView.open(load_config(cloudhsm_cluster.config_path))
+        async with view:
+            await view.login(user.username, "crypto-user", user.password)
+            _busy_everywhere(cloudhsm_cluster, 0.1)
+            started = asyncio.get_running_loop().time()
+            result = await view.call(Op.CRYPTO_RANDOM, {"length": 4})
+            assert len(result["data"]) == 4
+            assert asyncio.get_running_loop().time() - started >= 0.05
+
+    asyncio.run(scenario())
+
+
+def test_busy_is_not_retried_when_retry_mode_is_off(
+    cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Credentials], tmp_path: Path
+) -> None:
+    user = crypto_user()
+    document = json.loads(cloudhsm_cluster.config_path.read_text())
+    document["default_retry_mode"] = "off"
+    path = tmp_path / "no-retry.cfg"
+    path.write_text(json.dumps(document))
+
+    async def scenario() -> None:
+        view = await ClusterView.open(load_config(path))
+        async with view:
+            await view.login(user.username, "crypto-user", user.password)
+            _busy_everywhere(cloudhsm_cluster, 0.3)
+            try:
+                await view.call(Op.CRYPTO_RANDOM, {"length": 4})
+            except HsmBusy as exc:
+                busy: HsmBusy | None = exc
+            else:
+                busy = None
+            assert busy is not None
+            await asyncio.sleep(0.35)
+            assert len((await view.call(Op.CRYPTO_RANDOM, {"length": 4}))["data"]) == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_stopped_hsm_is_failed_over_within_a_second(
+    cluster_factory: Callable[..., ClusterUnderTest], tmp_path: Path
+) -> None:
+    cluster = cluster_factory(hsms=2)
+    controls = cluster.require_local()
+
+    async def scenario() -> None:
+        view = await ClusterView.open(load_config(cluster.config_path))
+        async with view:
+            await view.login(cluster.admin_username, "admin", cluster.admin_password)
+            victim = view.members[0].hsm_id
+            assert victim is not None
+            loop = asyncio.get_running_loop()
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(
+                    controls.cluster.faults.stop_hsm(victim), controls.loop
+                )
+            )
+            stopped = loop.time()
+            results = await asyncio.gather(
+                *(view.call(Op.USER_LIST, {}) for _ in range(10)), return_exceptions=True
+            )
+            assert [r for r in results if isinstance(r, BaseException)] == []
+            assert loop.time() - stopped < 1.0
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(
+                    controls.cluster.faults.start_hsm(victim), controls.loop
+                )
+            )
+            for _ in range(100):
+                if view.members[0].logged_in:
+                    break
+                await asyncio.sleep(0.05)
+            assert view.members[0].logged_in
 
     asyncio.run(scenario())
