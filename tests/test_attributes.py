@@ -600,3 +600,13 @@ def test_render_attribute_value() -> None:
 @given(st.binary(max_size=64))
 def test_bytes_round_trip_through_cli_text(value: bytes) -> None:
     assert parse_attribute_value("id", render_attribute_value("id", value)) == value
+
+
+def test_docs_list_every_attribute_and_mechanism() -> None:
+    from pathlib import Path
+
+    from protocol.mechanisms import MECHANISMS
+
+    text = (Path(__file__).parent.parent / "docs" / "keys.md").read_text()
+    for name in [*registry.ATTRIBUTES, *MECHANISMS]:
+        assert f"| `{name}` |" in text, name
