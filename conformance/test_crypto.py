@@ -6,20 +6,30 @@ Signatures made through ``cloudhsm-cli crypto sign`` are verified with
 algorithm, not merely self-consistent. Wrap/unwrap round trips prove the
 unwrapped key is the same key (same check value) and carries ``local=false``.
 ECDSA signatures are the PKCS#11 form, ``r || s`` with each half as long as
-the curve's order.
+the curve's order. Encryption, MAC and check values are checked through the
+Python library on keys whose value the test knows: it wraps its own key under
+an HSM RSA public key and unwraps it inside the HSM.
 """
 
 from __future__ import annotations
 
 import base64
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from client import Session
+from client.errors import ClientError
+from client.session import Key
 from fixtures.clients import CloudHsmCli, Credentials
 from fixtures.users import UserFactory
 
@@ -416,3 +426,159 @@ def test_wrap_with_trusted_needs_a_trusted_wrapping_key(
         "true",
     )
     assert as_signer.ok(*argv)["wrapped_key_data"]
+
+
+# -- a key whose value the test knows ------------------------------------------------------
+
+
+@dataclass
+class KnownKey:
+    """An AES or generic-secret key the test made itself and placed in the HSM by unwrapping
+    it under an HSM RSA key (the only way in for secret material), so every result the HSM
+    gives can be recomputed with `cryptography`."""
+
+    value: bytes
+    key: Key
+
+
+def place_known_key(
+    hsm: Session, value: bytes, key_type: str, label: str, **attributes: Any
+) -> KnownKey:
+    pair = hsm.generate_rsa_key_pair(
+        f"{label}-wrap-public",
+        f"{label}-wrap-private",
+        public_attributes={"wrap": True},
+        private_attributes={"unwrap": True},
+    )
+    public = serialization.load_pem_public_key(hsm.export_public_key(pair.public))
+    assert isinstance(public, rsa.RSAPublicKey)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    wrapped = public.encrypt(value, oaep)
+    key = hsm.unwrap_key(
+        pair.private,
+        wrapped,
+        key_type=key_type,
+        key_class="secret-key",
+        label=label,
+        mechanism="rsa-oaep",
+        attributes=attributes,
+        hash="sha256",
+        mgf="mgf1-sha256",
+    )
+    return KnownKey(value, key)
+
+
+@pytest.fixture
+def known_aes(crypto_session: Session) -> KnownKey:
+    return place_known_key(
+        crypto_session, os.urandom(32), "aes", "known-aes", encrypt=True, decrypt=True
+    )
+
+
+def test_check_value_of_an_aes_key_is_its_encrypted_zero_block(
+    crypto_session: Session, known_aes: KnownKey
+) -> None:
+    """The check value of an AES key is the first 3 bytes of AES-ECB over a zero block
+    (spec §5.2), recomputed from the known key value; an unwrapped key is not local."""
+    key = crypto_session.get_key(known_aes.key)
+    # The check value is defined with ECB over one zero block; nothing else uses ECB here.
+    encryptor = Cipher(algorithms.AES(known_aes.value), modes.ECB()).encryptor()  # noqa: S305
+    expected = (encryptor.update(bytes(16)) + encryptor.finalize())[:3]
+    assert key.attributes["check-value"] == expected
+    assert key.attributes["local"] is False
+
+
+def test_aes_gcm_with_hsm_chosen_iv_matches_cryptography(
+    crypto_session: Session, known_aes: KnownKey
+) -> None:
+    """AES-GCM encryption in the HSM picks a fresh 12-byte IV itself (as CloudHSM does) and
+    produces what `cryptography` decrypts; the HSM decrypts what `cryptography` encrypts, and
+    refuses a tampered ciphertext."""
+    aad = b"invoice-2026-0042"
+    ciphertext, iv = crypto_session.encrypt(known_aes.key, MESSAGE, mechanism="aes-gcm", aad=aad)
+    assert iv is not None
+    assert len(iv) == 12
+    assert AESGCM(known_aes.value).decrypt(iv, ciphertext, aad) == MESSAGE
+    _, second_iv = crypto_session.encrypt(known_aes.key, MESSAGE, mechanism="aes-gcm", aad=aad)
+    assert second_iv != iv
+
+    local_iv = os.urandom(12)
+    local = AESGCM(known_aes.value).encrypt(local_iv, MESSAGE, aad)
+    assert (
+        crypto_session.decrypt(known_aes.key, local, mechanism="aes-gcm", iv=local_iv, aad=aad)
+        == MESSAGE
+    )
+    tampered = bytes([local[0] ^ 1]) + local[1:]
+    with pytest.raises(ClientError):
+        crypto_session.decrypt(known_aes.key, tampered, mechanism="aes-gcm", iv=local_iv, aad=aad)
+
+
+@pytest.mark.parametrize("mechanism", ["aes-cbc-pad", "aes-ctr", "aes-cbc", "aes-ecb"])
+def test_aes_modes_match_cryptography(
+    crypto_session: Session, known_aes: KnownKey, mechanism: str
+) -> None:
+    """AES-CBC (with and without PKCS#7 padding), CTR and ECB in the HSM give byte for byte
+    what `cryptography` gives for the same key, IV and data, and decrypt back."""
+    iv = None if mechanism == "aes-ecb" else os.urandom(16)
+    data = MESSAGE if mechanism in ("aes-cbc-pad", "aes-ctr") else MESSAGE[:48]
+    mode: modes.Mode
+    if mechanism == "aes-ecb":
+        mode = modes.ECB()  # noqa: S305 - the mechanism under test
+    elif mechanism == "aes-ctr":
+        mode = modes.CTR(iv or b"")
+    else:
+        mode = modes.CBC(iv or b"")
+    plain = data
+    if mechanism == "aes-cbc-pad":
+        padder = sym_padding.PKCS7(128).padder()
+        plain = padder.update(data) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(known_aes.value), mode).encryptor()
+    expected = encryptor.update(plain) + encryptor.finalize()
+    ciphertext, _ = crypto_session.encrypt(known_aes.key, data, mechanism=mechanism, iv=iv)
+    assert ciphertext == expected
+    assert crypto_session.decrypt(known_aes.key, ciphertext, mechanism=mechanism, iv=iv) == data
+
+
+def test_rsa_oaep_decrypts_what_cryptography_encrypts(crypto_session: Session) -> None:
+    """RSA-OAEP (SHA-256): data encrypted with `cryptography` under the exported public key
+    decrypts in the HSM, and the HSM's own encryption decrypts back in the HSM."""
+    pair = crypto_session.generate_rsa_key_pair(
+        "oaep-public",
+        "oaep-private",
+        public_attributes={"encrypt": True},
+        private_attributes={"decrypt": True},
+    )
+    public = serialization.load_pem_public_key(crypto_session.export_public_key(pair.public))
+    assert isinstance(public, rsa.RSAPublicKey)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    secret = b"session key material 0123456789"
+    options = {"mechanism": "rsa-oaep", "hash": "sha256", "mgf": "mgf1-sha256"}
+    assert crypto_session.decrypt(pair.private, public.encrypt(secret, oaep), **options) == secret
+    ciphertext, _ = crypto_session.encrypt(pair.public, secret, **options)
+    assert crypto_session.decrypt(pair.private, ciphertext, **options) == secret
+
+
+def test_hmac_matches_cryptography(crypto_session: Session) -> None:
+    """HMAC-SHA256 over a generic secret the test knows equals `cryptography`'s HMAC."""
+    known = place_known_key(
+        crypto_session, os.urandom(32), "generic-secret", "known-hmac", sign=True, verify=True
+    )
+    result = crypto_session.call(
+        "crypto.mac",
+        {
+            "key_reference": known.key.reference,
+            "mechanism": "hmac",
+            "hash": "sha256",
+            "data": MESSAGE,
+        },
+    )
+    expected = hmac.HMAC(known.value, hashes.SHA256())
+    expected.update(MESSAGE)
+    assert result["mac"] == expected.finalize()
+
+
+def test_random_bytes_are_random(crypto_session: Session) -> None:
+    """`crypto.random` returns the asked length, and two draws differ."""
+    first, second = crypto_session.random(32), crypto_session.random(32)
+    assert len(first) == len(second) == 32
+    assert first != second
