@@ -667,3 +667,38 @@ def test_registry_names_the_cloudhsm_vendor_mechanisms() -> None:
         "rsa-aes",
     }
     assert set(mechanisms_for("sign")) == {"rsa-pkcs", "rsa-pkcs-pss", "ecdsa", "rsa-x-509"}
+
+
+# -- properties ---------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    data=st.binary(max_size=2048),
+    hash_name=st.sampled_from(HASHES),
+    mechanism=st.sampled_from(["ecdsa", "rsa-pkcs", "rsa-pkcs-pss"]),
+    flip=st.integers(min_value=0, max_value=10_000),
+)
+def test_signatures_verify_and_any_changed_byte_fails(
+    pair_cache: dict[str, tuple[KeyMaterial, KeyMaterial]],
+    data: bytes,
+    hash_name: str,
+    mechanism: str,
+    flip: int,
+) -> None:
+    public, private = pair_cache["ec" if mechanism == "ecdsa" else "rsa"]
+    args = {"mechanism": mechanism, "hash": hash_name, "data": data}
+    signature = mech.sign(private, ALL, args)
+    mech.verify(public, ALL, {**args, "signature": signature})
+    position = flip % len(signature)
+    forged = signature[:position] + bytes([signature[position] ^ 0x01]) + signature[position + 1 :]
+    with _refused(Status.SIGNATURE_INVALID):
+        mech.verify(public, ALL, {**args, "signature": forged})
+
+
+@pytest.fixture(scope="module")
+def pair_cache() -> dict[str, tuple[KeyMaterial, KeyMaterial]]:
+    return {
+        "rsa": generate_pair("rsa", modulus_size_bits=2048),
+        "ec": generate_pair("ec", curve="secp256r1"),
+    }

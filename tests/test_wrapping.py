@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -450,3 +453,65 @@ def test_sp800_108_refusals() -> None:
         mech.derive(base, WRAPPER, "sp800-108-counter-kdf", {}, "aes", 16)
     with _refused(Status.INVALID_ARGUMENT):
         mech.derive(base, WRAPPER, "sp800-108-counter-kdf", {"hash": "sha256"}, "rsa", 16)
+
+
+# -- openssl cross-checks -----------------------------------------------------------------------
+
+
+def _openssl(*args: str, data: bytes) -> bytes:
+    result = subprocess.run(["openssl", *args], input=data, capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+@pytest.mark.parametrize(
+    ("mechanism", "cipher", "iv"),
+    [("aes-no-pad", "wrap", "A6A6A6A6A6A6A6A6"), ("aes-zero-pad", "wrap-pad", "A65959A6")],
+)
+@pytest.mark.parametrize("kek_bytes", [16, 32])
+def test_openssl_unwraps_aes_key_wrap(mechanism: str, cipher: str, iv: str, kek_bytes: int) -> None:
+    kek = generate_secret("aes", kek_bytes)
+    payload = generate_secret("generic-secret", 24 if mechanism == "aes-no-pad" else 21)
+    wrapped = mech.wrap(kek, WRAPPER, payload, PAYLOAD, mechanism, {})["wrapped_key_data"]
+    plain = _openssl(
+        "enc",
+        "-d",
+        f"-id-aes{kek_bytes * 8}-{cipher}",
+        "-K",
+        kek.value.hex(),
+        "-iv",
+        iv,
+        data=wrapped,
+    )
+    assert plain == payload.value
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+def test_openssl_unwraps_rsa_oaep(
+    tmp_path: Path, rsa_keys: tuple[KeyMaterial, KeyMaterial]
+) -> None:
+    public, private = rsa_keys
+    key = serialization.load_der_private_key(private.value, password=None)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "key.pem").write_bytes(pem)
+    (tmp_path / "key.pem").chmod(0o600)
+    payload = generate_secret("aes", 32)
+    params = {"hash": "sha256", "mgf": "mgf1-sha256"}
+    wrapped = mech.wrap(public, WRAPPER, payload, PAYLOAD, "rsa-oaep", params)["wrapped_key_data"]
+    plain = _openssl(
+        "pkeyutl",
+        "-decrypt",
+        "-inkey",
+        str(tmp_path / "key.pem"),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha256",
+        "-pkeyopt",
+        "rsa_mgf1_md:sha256",
+        data=wrapped,
+    )
+    assert plain == payload.value
