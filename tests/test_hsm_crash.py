@@ -30,6 +30,7 @@ _CHILD = textwrap.dedent(
     from simulator.hsm import Hsm, HsmIdentity
 
     path, masking_hex, scrypt_n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    batch = int(sys.argv[4])
     identity = HsmIdentity("hsm-abcdefghijk", "cluster-abcdefghijk", "5.3G1941-ICM000590",
                            "hsm2m.medium")
     hsm = Hsm.open(identity, path, bytes.fromhex(masking_hex), scrypt_n=scrypt_n)
@@ -50,10 +51,13 @@ _CHILD = textwrap.dedent(
                                     "role": "crypto-user", "password": "pw123456"})
         assert status == 0, result
         print(f"USER user_{i}", flush=True)
-        status, result = hsm.handle(cu, "key.generate", {"key_type": "aes",
-                                    "key_length_bytes": 32, "label": f"key_{i}"})
-        assert status == 0, result
-        print(f"KEY {result['key']['key-reference']} key_{i}", flush=True)
+        # Group commit: acknowledge a batch only after handle_batch returned.
+        requests = [(cu, "key.generate", {"key_type": "aes", "key_length_bytes": 32,
+                     "label": f"key_{i}_{j}"}) for j in range(batch)]
+        responses = hsm.handle_batch(requests)
+        for j, (status, result) in enumerate(responses):
+            assert status == 0, result
+            print(f"KEY {result['key']['key-reference']} key_{i}_{j}", flush=True)
         i += 1
     """
 )
@@ -63,11 +67,20 @@ _ACKNOWLEDGED = 150
 
 
 @pytest.mark.slow
-def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [1, 8], ids=["one-commit-per-op", "group-commit"])
+def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path: Path, batch: int) -> None:
     path = tmp_path / "hsm.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path), MASKING_KEY.hex(), str(TEST_SCRYPT_N)],
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(path),
+            MASKING_KEY.hex(),
+            str(TEST_SCRYPT_N),
+            str(batch),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -119,8 +132,8 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         stored = {k["key-reference"]: k["attributes"]["label"] for k in found["keys"]}
         for handle, label in acknowledged_keys.items():
             assert stored.get(handle) == label
-        # All or nothing: at most one operation beyond the acknowledged ones landed.
-        assert len(stored) - len(acknowledged_keys) <= 1
+        # All or nothing: at most one unacknowledged commit (one batch) landed.
+        assert len(stored) - len(acknowledged_keys) <= batch
         assert len(names) - 3 - len(acknowledged_users) <= 1  # admin, app_user, owner
         # Every key has its audit record and every audited key exists.
         records = hsm.audit_records()

@@ -173,3 +173,72 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.undo()
     assert call(hsm, admin, "user.list") == before_users
     assert hsm.audit_records() == before_audit
+
+
+def test_group_commit_each_request_stands_alone(tmp_path: Path) -> None:
+    path = tmp_path / "hsm.db"
+    hsm = activated_hsm(path)
+    admin = admin_session(hsm)
+    alice = crypto_user(hsm, admin, "alice", "alice-pass")
+    generate = {"key_type": "aes", "key_length_bytes": 16}
+    responses = hsm.handle_batch(
+        [
+            (alice, "key.generate", {**generate, "label": "one"}),
+            (alice, "key.generate", {**generate, "key_length_bytes": 17}),  # refused
+            (
+                admin,
+                "user.create",
+                {"username": "bob", "role": "crypto-user", "password": "pw123456"},
+            ),
+            (alice, "key.generate", {**generate, "label": "two"}),
+        ]
+    )
+    assert [status for status, _ in responses] == [
+        Status.SUCCESS,
+        Status.ATTRIBUTE_INVALID,
+        Status.SUCCESS,
+        Status.SUCCESS,
+    ]
+    handles = [responses[0][1]["key"]["key-reference"], responses[3][1]["key"]["key-reference"]]
+    hsm.close()
+    reopened = Hsm.open(identity(), path, MASKING_KEY, scrypt_n=TEST_SCRYPT_N)
+    alice = login(reopened, "alice", "crypto-user", "alice-pass")
+    found = call(reopened, alice, "key.find")["keys"]
+    assert sorted(k["key-reference"] for k in found) == sorted(handles)
+    login(reopened, "bob", "crypto-user", "pw123456")
+    records = reopened.audit_records()
+    assert [r["sequence"] for r in records] == list(range(len(records)))
+
+
+class _FailingCommit:
+    """A connection proxy whose COMMIT fails (a full disk at the worst moment)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def execute(self, sql: str, *args: object) -> object:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._conn.execute(sql, *args)
+
+
+def test_group_commit_failure_reports_and_reloads(tmp_path: Path) -> None:
+    hsm = activated_hsm(tmp_path / "hsm.db")
+    admin = admin_session(hsm)
+    alice = crypto_user(hsm, admin, "alice", "alice-pass")
+    store = hsm._store
+    real = store._conn
+    store._conn = _FailingCommit(real)  # type: ignore[assignment]
+    responses = hsm.handle_batch(
+        [(alice, "key.generate", {"key_type": "aes", "key_length_bytes": 16})] * 2
+    )
+    store._conn = real
+    assert responses == [(Status.INTERNAL_ERROR, {"message": "Internal error"})] * 2
+    # Nothing was kept, and the session must log in again.
+    assert call(hsm, alice, "session.whoami") is None
+    call(hsm, alice, "login", username="alice", role="crypto-user", password="alice-pass")
+    assert call(hsm, alice, "key.find")["keys"] == []

@@ -163,13 +163,24 @@ class Store:
     # -- transactions -------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic, durable unit of change. Nested uses join the outer one."""
+        """One atomic, durable unit of change.
+
+        Nested uses become savepoints: an inner block that raises undoes only
+        its own writes, and everything becomes durable at the outermost COMMIT.
+        """
         if self._depth:
+            name = f"sp{self._depth}"
+            self._conn.execute(f"SAVEPOINT {name}")
             self._depth += 1
             try:
                 yield
+            except BaseException:
+                self._conn.execute(f"ROLLBACK TO {name}")
+                self._conn.execute(f"RELEASE {name}")
+                raise
             finally:
                 self._depth -= 1
+            self._conn.execute(f"RELEASE {name}")
             return
         self._conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
@@ -180,7 +191,14 @@ class Store:
             self._conn.execute("ROLLBACK")
             raise
         self._depth = 0
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT (I/O error, full disk) leaves the transaction open:
+            # undo it so nothing half-done is visible to later reads.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         if not self._depth:
