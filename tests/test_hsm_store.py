@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hsm_support import (
@@ -220,7 +221,7 @@ class _FailingCommit:
     def in_transaction(self) -> bool:
         return self._conn.in_transaction
 
-    def execute(self, sql: str, *args: object) -> object:
+    def execute(self, sql: str, *args: Any) -> object:
         if sql == "COMMIT":
             raise sqlite3.OperationalError("disk I/O error")
         return self._conn.execute(sql, *args)
