@@ -324,6 +324,11 @@ def test_masked_object_roundtrip_keeps_handle_owner_shares(tmp_path: Path) -> No
     assert (
         call(second, appliance, "key.digests")["keys"] == call(first, alice, "key.digests")["keys"]
     )
+    # Client-side cloning is audited; the appliance user's sync is not.
+    assert any(r["opcode"] == "CN_EXTRACT_MASKED_OBJECT_USER (0xf0)" for r in first.audit_records())
+    second.close_session(appliance)
+    assert second.audit_records() == []
+    appliance = second.open_appliance_session()
     tampered = masked[:-1] + bytes([masked[-1] ^ 1])
     assert refused(second, appliance, "key.insert_masked", masked_object=tampered)[0] is (
         Status.ENCRYPTED_DATA_INVALID

@@ -348,7 +348,8 @@ class Hsm:
             return
         self._end_session(found)
         self._sessions.remove(session)
-        if found.logged_in:
+        # The appliance user's server-side sync is not logged (spec §10.2).
+        if found.logged_in and found.role != APPLIANCE:
             with self._store.transaction():
                 self._audit(
                     "CN_CLOSE_SESSION",
@@ -447,7 +448,7 @@ class Hsm:
             raise HsmError(Status.PERMISSION_DENIED)
 
     def _audit_failure(self, session: Session, op: Op, status: Status) -> None:
-        opcode = _AUDITED.get(op)
+        opcode = None if session.role == APPLIANCE else _AUDITED.get(op)
         effects = self._failure_effects
         self._failure_effects = []
         if (opcode is None or status in _UNAUDITED_FAILURES) and not effects:
@@ -1518,10 +1519,14 @@ class Hsm:
         masked = snapshot.mask_key(
             record, self._keys.material(record), self._masking_key, self.identity.cluster_id
         )
-        with self._store.transaction():
-            self._audit(
-                "CN_EXTRACT_MASKED_OBJECT_USER", session.handle, Status.SUCCESS, key_handle=handle
-            )
+        if session.role != APPLIANCE:  # server-side sync is not logged (spec §10.2)
+            with self._store.transaction():
+                self._audit(
+                    "CN_EXTRACT_MASKED_OBJECT_USER",
+                    session.handle,
+                    Status.SUCCESS,
+                    key_handle=handle,
+                )
         return {"masked_object": masked}
 
     def _key_insert_masked(self, session: Session, args: Mapping[str, Any]) -> Any:
@@ -1538,12 +1543,13 @@ class Hsm:
             raise HsmError(Status.INVALID_HANDLE, "The handle belongs to a session key here")
         with self._store.transaction():
             stored = self._keys.persist_new(record, material)
-            self._audit(
-                "CN_INSERT_MASKED_OBJECT_USER",
-                session.handle,
-                Status.SUCCESS,
-                key_handle=record.handle,
-            )
+            if session.role != APPLIANCE:  # server-side sync is not logged (spec §10.2)
+                self._audit(
+                    "CN_INSERT_MASKED_OBJECT_USER",
+                    session.handle,
+                    Status.SUCCESS,
+                    key_handle=record.handle,
+                )
         self._keys.commit_new(stored, material)
         return {"key": stored.key_object()}
 
