@@ -8,6 +8,8 @@ Commands::
     cloudhsm-local cluster csr [--data-dir DIR | --endpoint URL] [--cluster-id ID] [--out F]
     cloudhsm-local cluster certificate {HsmCertificate,AwsHardwareCertificate,...} [--out F]
     cloudhsm-local cluster initialize --signed-cert F --trust-anchor F [--data-dir DIR | --endpoint URL]
+    cloudhsm-local hsm add [--availability-zone AZ] | hsm remove HSM_ID
+    cloudhsm-local fault show|stop|start|sever|busy|latency|pause-sync|resume-sync|clear ...
 
 ``up`` creates (or reopens) the cluster in the data directory, runs the
 initialization ceremony unless told not to, writes the files a client needs and
@@ -44,6 +46,7 @@ from simulator.cluster import (
     LocalCluster,
 )
 from simulator.errors import SimulatorError
+from simulator.sync import DEFAULT_LAG
 
 DEFAULT_DATA_DIR = Path("cloudhsm-local-data")
 
@@ -169,7 +172,12 @@ async def _up(args: argparse.Namespace) -> int:
     )
     reopened = (data_dir / CLUSTER_FILE).exists()
     cluster = await LocalCluster.create(
-        data_dir, hsms=args.hsms, hsm_type=args.hsm_type, host=args.host
+        data_dir,
+        hsms=args.hsms,
+        hsm_type=args.hsm_type,
+        host=args.host,
+        sync_lag=args.sync_lag,
+        fault_seed=args.fault_seed,
     )
     if reopened and len(cluster.record.hsms) != args.hsms and args.hsms_given:
         print(
@@ -195,6 +203,10 @@ async def _up(args: argparse.Namespace) -> int:
         pki.write_public(data_dir / AWS_ROOT_FILE, cluster.aws_root_pem)
         pki.write_public(data_dir / MANUFACTURER_ROOT_FILE, cluster.manufacturer_root_pem)
         config_path = cluster.write_client_config(data_dir / CLIENT_CONFIG_FILE)
+        # `hsm add|remove` change the membership: keep the client configuration current.
+        cluster.membership_listeners.append(
+            lambda changed: changed.write_client_config(config_path)
+        )
         await cluster.refresh_state()
         await _wait_accepting(cluster)
         print(_summary(cluster, data_dir, config_path), flush=True)
@@ -241,7 +253,9 @@ def _default_cluster_id(args: argparse.Namespace) -> str | None:
     return None
 
 
-def call_api(endpoint: str, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+def call_api(
+    endpoint: str, operation: str, body: dict[str, Any], *, target_prefix: str = "BaldrApiService."
+) -> dict[str, Any]:
     """One awsJson1.1 request to the control plane; raises CommandError on an API error."""
     request = urllib.request.Request(  # noqa: S310 - the endpoint is the user's own simulator
         endpoint + "/",
@@ -249,7 +263,7 @@ def call_api(endpoint: str, operation: str, body: dict[str, Any]) -> dict[str, A
         method="POST",
         headers={
             "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": f"BaldrApiService.{operation}",
+            "X-Amz-Target": f"{target_prefix}{operation}",
         },
     )
     try:
@@ -329,6 +343,61 @@ def _certificate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hsm_add(args: argparse.Namespace) -> int:
+    endpoint = _endpoint(args)
+    cluster_id = _resolve_cluster_id(args, endpoint)
+    zone = args.availability_zone
+    if zone is None:
+        clusters = call_api(endpoint, "DescribeClusters", {"Filters": {"clusterIds": [cluster_id]}})
+        mapping = clusters["Clusters"][0]["SubnetMapping"] if clusters.get("Clusters") else {}
+        if not mapping:
+            raise CommandError(f"cluster {cluster_id} not found at {endpoint}")
+        zone = sorted(mapping)[0]
+    answer = call_api(endpoint, "CreateHsm", {"ClusterId": cluster_id, "AvailabilityZone": zone})
+    print(json.dumps(answer, indent=4))
+    return 0
+
+
+def _hsm_remove(args: argparse.Namespace) -> int:
+    endpoint = _endpoint(args)
+    cluster_id = _resolve_cluster_id(args, endpoint)
+    answer = call_api(endpoint, "DeleteHsm", {"ClusterId": cluster_id, "HsmId": args.hsm_id})
+    print(json.dumps(answer, indent=4))
+    return 0
+
+
+def _fault(args: argparse.Namespace) -> int:
+    endpoint = _endpoint(args)
+    body: dict[str, Any] = {}
+    if args.cluster_id:
+        body["ClusterId"] = args.cluster_id
+    kind: str = args.kind
+    if kind in ("stop", "start", "sever", "busy"):
+        body["HsmId"] = args.hsm_id
+    if kind == "busy":
+        body["Seconds"] = args.seconds
+        body["Probability"] = args.probability
+    if kind == "latency":
+        if args.hsm_id:
+            body["HsmId"] = args.hsm_id
+        body["Seconds"] = args.ms / 1000.0
+        body["Jitter"] = args.jitter_ms / 1000.0
+    operation = {
+        "show": "DescribeFaults",
+        "stop": "StopHsm",
+        "start": "StartHsm",
+        "sever": "SeverHsm",
+        "busy": "SetBusy",
+        "latency": "SetLatency",
+        "pause-sync": "PauseSync",
+        "resume-sync": "ResumeSync",
+        "clear": "ClearFaults",
+    }[kind]
+    answer = call_api(endpoint, f"CloudHsmLocal.{operation}", body, target_prefix="")
+    print(json.dumps(answer, indent=4))
+    return 0
+
+
 def _read_pem(path: str, what: str) -> str:
     try:
         return Path(path).read_text()
@@ -397,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-file", help="write a JSON document here once every HSM is reachable")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
 
+    up.add_argument(
+        "--sync-lag",
+        type=float,
+        default=DEFAULT_LAG,
+        help="seconds before the server-side sync copies a key to HSMs that lack it "
+        "(default %(default)s)",
+    )
+    up.add_argument(
+        "--fault-seed", type=int, default=0, help="seed of the fault injection randomness"
+    )
+
     cluster = commands.add_parser("cluster", help="control-plane operations on a running cluster")
     actions = cluster.add_subparsers(dest="action", required=True)
     describe = actions.add_parser("describe", help="DescribeClusters, printed as JSON")
@@ -419,6 +499,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(initialize)
     initialize.add_argument("--signed-cert", required=True, help="the CSR signed by your CA (PEM)")
     initialize.add_argument("--trust-anchor", required=True, help="your CA's certificate (PEM)")
+    hsm = commands.add_parser("hsm", help="add or remove HSMs (CreateHsm, DeleteHsm)")
+    hsm_actions = hsm.add_subparsers(dest="action", required=True)
+    add = hsm_actions.add_parser("add", help="CreateHsm: a new HSM cloned from an existing one")
+    _add_target(add)
+    add.add_argument("--availability-zone", help="one of the cluster's zones (default: the first)")
+    remove = hsm_actions.add_parser("remove", help="DeleteHsm")
+    remove.add_argument("hsm_id")
+    _add_target(remove)
+
+    fault = commands.add_parser("fault", help="inject or clear faults (docs/faults.md)")
+    kinds = fault.add_subparsers(dest="kind", required=True)
+    for name, text in (
+        ("show", "the faults in force"),
+        ("pause-sync", "pause the server-side key sync"),
+        ("resume-sync", "resume the server-side key sync"),
+        ("clear", "undo every fault"),
+    ):
+        _add_target(kinds.add_parser(name, help=text))
+    for name, text in (
+        ("stop", "take an HSM down (its port closes; the cluster is DEGRADED)"),
+        ("start", "bring a stopped HSM back"),
+        ("sever", "reset every open connection to an HSM"),
+    ):
+        parser_for = kinds.add_parser(name, help=text)
+        parser_for.add_argument("hsm_id")
+        _add_target(parser_for)
+    busy = kinds.add_parser("busy", help="answer BUSY (0xBB) for a while")
+    busy.add_argument("hsm_id")
+    busy.add_argument("--seconds", type=float, required=True)
+    busy.add_argument("--probability", type=float, default=1.0)
+    _add_target(busy)
+    latency = kinds.add_parser("latency", help="add latency to every request (0 to remove)")
+    latency.add_argument("--ms", type=float, required=True)
+    latency.add_argument("--jitter-ms", type=float, default=0.0)
+    latency.add_argument("--hsm-id", help="one HSM (default: all)")
+    _add_target(latency)
     return parser
 
 
@@ -432,13 +548,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data_dir_path = Path(args.data_dir).absolute()
             args.ready_file_path = Path(args.ready_file).absolute() if args.ready_file else None
             return asyncio.run(_up(args))
+        if args.command == "fault":
+            return _fault(args)
         handlers = {
-            "describe": _describe,
-            "csr": _certificate,
-            "certificate": _certificate,
-            "initialize": _initialize,
+            ("cluster", "describe"): _describe,
+            ("cluster", "csr"): _certificate,
+            ("cluster", "certificate"): _certificate,
+            ("cluster", "initialize"): _initialize,
+            ("hsm", "add"): _hsm_add,
+            ("hsm", "remove"): _hsm_remove,
         }
-        return handlers[args.action](args)
+        return handlers[args.command, args.action](args)
     except CommandError as exc:
         print(f"cloudhsm-local: {exc}", file=sys.stderr)
         return 1

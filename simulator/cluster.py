@@ -291,7 +291,7 @@ class LocalCluster:
         self.registry: dict[str, LocalCluster] = registry if registry is not None else {}
         self.registry[record.cluster_id] = self
         #: Called after HSMs are added or removed (``up`` rewrites the client config).
-        self.membership_listeners: list[Callable[[LocalCluster], None]] = []
+        self.membership_listeners: list[Callable[[LocalCluster], object]] = []
         self._initializing: asyncio.Task[None] | None = None
         self._started = False
         self._save_lock = threading.Lock()

@@ -213,3 +213,32 @@ def test_api_commands_explain_an_absent_cluster(
     assert "is `cloudhsm-local up" in capsys.readouterr().err
     assert main(["cluster", "describe", "--endpoint", "http://127.0.0.1:9"]) == 1
     assert "cannot reach the control plane" in capsys.readouterr().err
+
+
+def test_hsm_add_remove_and_faults_against_a_running_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_up(tmp_path, hsms=1) as ready:
+        data_dir = ready["data_dir"]
+        config_path = Path(ready["config_path"])
+        assert main(["hsm", "add", "--data-dir", data_dir]) == 0
+        added = json.loads(capsys.readouterr().out)["Hsm"]
+        servers = json.loads(config_path.read_text())["clusters"][0]["cluster"]["servers"]
+        assert len(servers) == 2
+        assert servers[-1]["port"] == added["EniPort"]
+        assert main(["fault", "stop", added["HsmId"], "--data-dir", data_dir]) == 0
+        assert json.loads(capsys.readouterr().out)["hsms"][added["HsmId"]] == {"stopped": True}
+        assert main(["fault", "latency", "--ms", "20", "--data-dir", data_dir]) == 0
+        capsys.readouterr()
+        assert (
+            main(["fault", "busy", "hsm-aaaaaaaaaaa", "--seconds", "1", "--data-dir", data_dir])
+            == 1
+        )
+        assert "is not in cluster" in capsys.readouterr().err
+        assert main(["fault", "clear", "--data-dir", data_dir]) == 0
+        assert json.loads(capsys.readouterr().out)["hsms"] == {}
+        assert main(["hsm", "remove", added["HsmId"], "--data-dir", data_dir]) == 0
+        assert json.loads(capsys.readouterr().out) == {"HsmId": added["HsmId"]}
+        servers = json.loads(config_path.read_text())["clusters"][0]["cluster"]["servers"]
+        assert len(servers) == 1
+    assert _last_run(tmp_path)["returncode"] == 0

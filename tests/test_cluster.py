@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from cryptography import x509
 
 from client.connection import ChannelSettings, HsmConnection
 from client.errors import ClientError
+from protocol.ops import Op
 from simulator import ids, pki
 from simulator.cluster import ClusterStateError, ClusterThread, LocalCluster
 
@@ -215,3 +218,217 @@ def test_create_refuses_bad_options(options: dict[str, Any], message: str) -> No
 
     with pytest.raises(ClusterError, match=message):
         asyncio.run(LocalCluster.create(None, **options))
+
+
+# -- phase 2: membership, sync, backups, faults -------------------------------------------
+
+
+class Operator:
+    """Channels to a running cluster's HSMs, as the admin and a crypto user."""
+
+    def __init__(self, running: ClusterThread, customer_ca: pki.Credential) -> None:
+        self.running = running
+        self.settings = ChannelSettings(
+            hsm_ca_pem=customer_ca.cert_pem,
+            server_ca_pem=running.cluster.aws_root_pem,
+            expected_cluster_id=running.cluster.cluster_id,
+        )
+
+    def call(self, hsm_id: str, steps: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Run ``steps`` in order on one fresh channel to ``hsm_id``."""
+        port = dict((h, p) for h, _, p in self.running.cluster.addresses())[hsm_id]
+
+        async def go() -> list[Any]:
+            connection = await HsmConnection.open("127.0.0.1", port, self.settings)
+            try:
+                return [await connection.call(op, args) for op, args in steps]
+            finally:
+                await connection.close()
+
+        return asyncio.run(go())
+
+    def as_crypto_user(self, hsm_id: str, steps: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        login = ("login", {"username": "alice", "role": "crypto-user", "password": "alice-pass1"})
+        return self.call(hsm_id, [login, *steps])[1:]
+
+    def key_labels(self, hsm_id: str) -> set[str]:
+        (found,) = self.as_crypto_user(hsm_id, [("key.find", {})])
+        return {k["attributes"]["label"] for k in found["keys"]}
+
+
+ADMIN = ("login", {"username": "admin", "role": "admin", "password": "admin-pass1"})
+
+
+@pytest.fixture
+def active_cluster() -> Any:
+    """An ACTIVE 2-HSM cluster with crypto user alice on every HSM; sync lag 0.2 s."""
+    with ClusterThread(None, hsms=2, sync_lag=0.2, fault_seed=7) as running:
+        customer_ca = running.initialize_default()
+        operator = Operator(running, customer_ca)
+        first = running.cluster.addresses()[0][0]
+        operator.call(
+            first,
+            [
+                (
+                    "login",
+                    {"username": "admin", "role": "unactivated-admin", "password": "password"},
+                ),
+                ("cluster.activate", {"password": "admin-pass1"}),
+            ],
+        )
+        for hsm_id, _, _ in running.cluster.addresses()[1:]:
+            # Users do not replicate: the second HSM was activated as a clone at init,
+            # so set its admin password the same way the CLI would push it.
+            operator.call(
+                hsm_id,
+                [
+                    (
+                        "login",
+                        {"username": "admin", "role": "unactivated-admin", "password": "password"},
+                    ),
+                    ("cluster.activate", {"password": "admin-pass1"}),
+                ],
+            )
+        for hsm_id, _, _ in running.cluster.addresses():
+            operator.call(
+                hsm_id,
+                [
+                    ADMIN,
+                    (
+                        "user.create",
+                        {"username": "alice", "role": "crypto-user", "password": "alice-pass1"},
+                    ),
+                ],
+            )
+        assert running.run(running.cluster.describe())["State"] == "ACTIVE"
+        yield running, operator
+
+
+def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _make_key(operator: Operator, hsm_id: str, label: str) -> None:
+    operator.as_crypto_user(
+        hsm_id, [("key.generate", {"key_type": "aes", "key_length_bytes": 32, "label": label})]
+    )
+
+
+def test_server_side_sync_copies_a_token_key_after_the_lag(
+    active_cluster: tuple[ClusterThread, Operator],
+) -> None:
+    running, operator = active_cluster
+    first, second = (h for h, _, _ in running.cluster.addresses())
+    running.cluster.faults.pause_sync()
+    _make_key(operator, first, "synced-key")
+    time.sleep(0.5)
+    assert "synced-key" not in operator.key_labels(second)
+    running.cluster.faults.resume_sync()
+    _wait_for(lambda: "synced-key" in operator.key_labels(second))
+    assert running.cluster.sync.copied >= 1
+
+
+def test_added_hsm_gets_the_snapshot_and_nothing_made_after(
+    active_cluster: tuple[ClusterThread, Operator],
+) -> None:
+    running, operator = active_cluster
+    cluster = running.cluster
+    first = cluster.addresses()[0][0]
+    _make_key(operator, first, "before-add")
+    _wait_for(lambda: "before-add" in operator.key_labels(cluster.addresses()[1][0]))
+    backups_before = len(cluster.vault.records())
+    cluster.faults.pause_sync()
+    added = running.run(cluster.add_hsm())
+    assert ids.is_hsm_id(added.hsm_id)
+    assert len(cluster.vault.records()) == backups_before + 1  # adding to an ACTIVE cluster
+    _make_key(operator, first, "after-add")
+    labels = operator.key_labels(added.hsm_id)
+    assert "before-add" in labels
+    assert "after-add" not in labels
+    described = running.run(cluster.describe())
+    assert added.hsm_id in {h["HsmId"] for h in described["Hsms"]}
+    running.run(cluster.remove_hsm(added.hsm_id))
+    assert added.hsm_id not in {h for h, _, _ in cluster.addresses()}
+    assert len(cluster.vault.records()) == backups_before + 2  # removal backs up too
+
+
+def test_backup_restores_into_a_new_cluster(
+    active_cluster: tuple[ClusterThread, Operator],
+) -> None:
+    running, operator = active_cluster
+    cluster = running.cluster
+    first = cluster.addresses()[0][0]
+    _make_key(operator, first, "kept-in-backup")
+    backup = running.run(cluster.take_backup(cluster.hsms[first]))
+    restored = running.run(
+        cluster.create_cluster("hsm2m.medium", ["subnet-0123456789abcdef0"], backup.backup_id)
+    )
+    assert restored.cluster_id != cluster.cluster_id
+    described = running.run(restored.describe())
+    assert described["SourceBackupId"] == backup.backup_id
+    assert "ClusterCertificate" in described["Certificates"]
+    assert described["Hsms"] == []
+    hsm = running.run(restored.add_hsm())
+    assert running.run(restored.describe())["State"] == "ACTIVE"
+    # The restored HSM holds exactly the token keys the backed-up HSM held. (Read
+    # in process: the restored cluster presents the source cluster's certificate,
+    # whose subject names the source cluster, which the client refuses by design.)
+    from simulator.sync import _as_appliance
+
+    digests = _as_appliance(Op.KEY_DIGESTS, {})
+    source_keys = running.run(cluster.hsms[first].call(digests))["keys"]
+    restored_keys = running.run(restored.hsms[hsm.hsm_id].call(digests))["keys"]
+    assert restored_keys == source_keys
+    assert len(restored_keys) >= 1
+    with pytest.raises(ClusterStateError, match="still has 1 HSM"):
+        running.run(cluster.delete_cluster(restored.cluster_id))
+    running.run(restored.remove_hsm(hsm.hsm_id))
+    deleted = running.run(cluster.delete_cluster(restored.cluster_id))
+    assert deleted["State"] == "DELETE_IN_PROGRESS"
+    assert restored.cluster_id not in cluster.registry
+
+
+def test_faults_stop_busy_latency_and_clear(
+    active_cluster: tuple[ClusterThread, Operator],
+) -> None:
+    running, operator = active_cluster
+    cluster = running.cluster
+    first, second = (h for h, _, _ in cluster.addresses())
+    running.run(cluster.faults.stop_hsm(second))
+    assert running.run(cluster.describe())["State"] == "DEGRADED"
+    with pytest.raises(ClientError):
+        operator.call(second, [("hsm.info", {})])
+    assert operator.call(first, [("hsm.info", {})])[0]["hsm-id"] == first
+    cluster.faults.busy(first, seconds=30)
+    from client.errors import HsmStatusError
+
+    with pytest.raises(HsmStatusError) as caught:
+        operator.call(first, [("hsm.info", {})])
+    assert caught.value.status == 0xBB
+    cluster.faults.latency(0.2, hsm_id=first)
+    assert cluster.faults.describe()["hsms"][first]["latency"]["seconds"] == 0.2
+    running.run(cluster.faults.clear())
+    assert cluster.faults.describe() == {"seed": 7, "sync_paused": False, "hsms": {}}
+    assert running.run(cluster.describe())["State"] == "ACTIVE"
+    assert operator.call(second, [("hsm.info", {})])[0]["hsm-id"] == second
+
+
+def test_busy_with_a_probability_replays_with_the_seed() -> None:
+    from simulator.faults import FaultyHsm, HsmFaults
+
+    class Answering:
+        def handle(self, session: int, op: str, args: dict[str, Any]) -> tuple[Any, Any]:
+            return 0, {}
+
+    def run(seed: str) -> list[int]:
+        faults = HsmFaults(busy_until=time.monotonic() + 60, busy_probability=0.5)
+        faulty = FaultyHsm(Answering(), faults, random.Random(seed))  # type: ignore[arg-type]
+        return [int(faulty.handle(1, "hsm.info", {})[0]) for _ in range(64)]
+
+    first = run("7:hsm-aaaaaaaaaaa")
+    assert first == run("7:hsm-aaaaaaaaaaa")
+    assert 0 < first.count(0xBB) < 64

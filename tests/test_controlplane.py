@@ -278,3 +278,92 @@ def test_garbage_gets_an_answer_and_the_server_keeps_serving(uninitialized: Clus
             answer = sock.recv(4096)
             assert answer.startswith(b"HTTP/1.1 4")
     assert len(_client(uninitialized).describe_clusters()["Clusters"]) == 1
+
+
+# -- membership, clusters and backups ------------------------------------------------------
+
+
+def test_create_and_delete_hsm_through_boto3(fresh: ClusterThread) -> None:
+    client = _client(fresh)
+    cluster_id = fresh.cluster.cluster_id
+    zone = sorted(client.describe_clusters()["Clusters"][0]["SubnetMapping"])[1]
+    created = client.create_hsm(ClusterId=cluster_id, AvailabilityZone=zone)["Hsm"]
+    assert created["AvailabilityZone"] == zone
+    assert created["State"] == "ACTIVE"
+    hsms = client.describe_clusters()["Clusters"][0]["Hsms"]
+    assert [h["HsmId"] for h in hsms][-1] == created["HsmId"]
+    code, message = _error(client.create_hsm, ClusterId=cluster_id, AvailabilityZone="eu-west-1a")
+    assert code == "CloudHsmInvalidRequestException"
+    assert "not in the cluster's subnet mapping" in message
+    code, message = _error(client.delete_hsm, ClusterId=cluster_id, EniIp="127.0.0.1")
+    assert "use HsmId or EniId" in message
+    code, _ = _error(client.delete_hsm, ClusterId=cluster_id, HsmId="hsm-aaaaaaaaaaa")
+    assert code == "CloudHsmResourceNotFoundException"
+    assert (
+        client.delete_hsm(ClusterId=cluster_id, EniId=created["EniId"])["HsmId"]
+        == (created["HsmId"])
+    )
+    assert len(client.describe_clusters()["Clusters"][0]["Hsms"]) == 1
+
+
+def test_clusters_and_backups_through_boto3(fresh: ClusterThread) -> None:
+    client = _client(fresh)
+    fresh.initialize_default()
+    backup = fresh.run(fresh.cluster.take_backup())
+    listed = client.describe_backups()["Backups"]
+    assert [b["BackupId"] for b in listed] == [backup.backup_id]
+    assert listed[0]["BackupState"] == "READY"
+    assert listed[0]["ClusterId"] == fresh.cluster.cluster_id
+    assert client.describe_backups(Filters={"clusterIds": ["cluster-aaaaaaaaaaa"]})["Backups"] == []
+    code, message = _error(
+        client.create_cluster, HsmType="hsm1.medium", SubnetIds=["subnet-0123456789abcdef0"]
+    )
+    assert (code, message) == (
+        "CloudHsmInvalidRequestException",
+        "Provided HsmType is not supported.",
+    )
+    new = client.create_cluster(HsmType="hsm2m.medium", SubnetIds=["subnet-0123456789abcdef0"])
+    assert new["Cluster"]["State"] == "UNINITIALIZED"
+    assert new["Cluster"]["Hsms"] == []
+    assert new["Cluster"]["Certificates"] == {}
+    first = client.create_hsm(ClusterId=new["Cluster"]["ClusterId"], AvailabilityZone="us-east-1a")
+    described = client.describe_clusters(Filters={"clusterIds": [new["Cluster"]["ClusterId"]]})
+    assert "ClusterCsr" in described["Clusters"][0]["Certificates"]
+    restored = client.create_cluster(
+        HsmType="hsm2m.medium",
+        SubnetIds=["subnet-0123456789abcdef0"],
+        SourceBackupId=backup.arn,
+    )["Cluster"]
+    assert restored["SourceBackupId"] == backup.backup_id
+    assert "ClusterCertificate" in restored["Certificates"]
+    assert len(client.describe_clusters()["Clusters"]) == 3
+    code, _ = _error(client.delete_cluster, ClusterId=new["Cluster"]["ClusterId"])
+    assert code == "CloudHsmInvalidRequestException"
+    client.delete_hsm(ClusterId=new["Cluster"]["ClusterId"], HsmId=first["Hsm"]["HsmId"])
+    deleted = client.delete_cluster(ClusterId=new["Cluster"]["ClusterId"])["Cluster"]
+    assert deleted["State"] == "DELETE_IN_PROGRESS"
+    code, _ = _error(
+        client.create_cluster,
+        HsmType="hsm2m.medium",
+        SubnetIds=["subnet-0123456789abcdef0"],
+        SourceBackupId="backup-aaaaaaaaaaa",
+    )
+    assert code == "CloudHsmResourceNotFoundException"
+    code, message = _error(client.delete_cluster, ClusterId=fresh.cluster.cluster_id)
+    assert code == "CloudHsmInvalidRequestException"
+
+
+def test_fault_operations_over_the_wire(fresh: ClusterThread) -> None:
+    hsm_id = fresh.cluster.addresses()[0][0]
+    status, body = _raw(
+        fresh, "CloudHsmLocal.SetBusy", json.dumps({"HsmId": hsm_id, "Seconds": 5}).encode()
+    )
+    assert status == 200
+    assert body["hsms"][hsm_id]["busy"]["probability"] == 1.0
+    status, body = _raw(
+        fresh, "CloudHsmLocal.StopHsm", json.dumps({"HsmId": "hsm-aaaaaaaaaaa"}).encode()
+    )
+    assert (status, body["__type"]) == (400, "CloudHsmInvalidRequestException")
+    assert "is not in cluster" in body["message"]
+    status, body = _raw(fresh, "CloudHsmLocal.ClearFaults", b"{}")
+    assert body == {"seed": 0, "sync_paused": False, "hsms": {}}
