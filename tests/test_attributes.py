@@ -14,6 +14,7 @@ from protocol.attributes import Change, Creation, ValueType
 from protocol.status import Status
 from simulator.errors import HsmError
 from simulator.hsm.attributes import (
+    FORBIDDEN_FLAGS,
     apply_set_attribute,
     apply_unwrap_template,
     check_wrap_template,
@@ -610,3 +611,54 @@ def test_docs_list_every_attribute_and_mechanism() -> None:
     text = (Path(__file__).parent.parent / "docs" / "keys.md").read_text()
     for name in [*registry.ATTRIBUTES, *MECHANISMS]:
         assert f"| `{name}` |" in text, name
+
+
+_SETTABLE_NAMES = sorted(
+    n
+    for n, a in registry.ATTRIBUTES.items()
+    if a.value_type is ValueType.BOOL and a.change is not Change.NEVER
+)
+
+
+@given(
+    kind=st.sampled_from(KINDS),
+    template=st.fixed_dictionaries(
+        {},
+        optional={"sensitive": st.booleans(), "extractable": st.booleans(), "token": st.booleans()},
+    ),
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(_SETTABLE_NAMES),
+            st.booleans(),
+            st.sampled_from(["crypto-user", "admin"]),
+            st.sampled_from([HSM2M, HSM1]),
+        ),
+        max_size=25,
+    ),
+)
+def test_invariants_hold_under_any_sequence_of_changes(
+    kind: tuple[str, str],
+    template: dict[str, bool],
+    changes: list[tuple[str, bool, str, str]],
+) -> None:
+    key_class, key_type = kind
+    if key_class == "public-key":
+        template.pop("sensitive", None)
+    attrs = _create(key_class, key_type, template)
+    seen_true = {n for n in ("token", "wrap-with-trusted", "sensitive") if attrs[n]}
+    was_locked = False
+    for name, value, role, hsm_type in changes:
+        try:
+            attrs = apply_set_attribute(attrs, name, value, role=role, hsm_type=hsm_type)
+        except HsmError:
+            continue
+        assert not was_locked, "a key that is not modifiable changed"
+        was_locked = attrs["modifiable"] is False
+        seen_true |= {n for n in ("token", "wrap-with-trusted", "sensitive") if attrs[n]}
+        # One-way flags never go back; derived flags stay consistent; private stays true.
+        assert all(attrs[n] for n in seen_true)
+        assert attrs["private"] is True
+        assert not attrs["always-sensitive"] or attrs["sensitive"]
+        assert not attrs["never-extractable"] or not attrs["extractable"]
+        for flag in FORBIDDEN_FLAGS[key_class]:
+            assert attrs[flag] is False
