@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from fixtures.clients import CloudHsmCli, Credentials
 from fixtures.cluster import ClusterUnderTest
@@ -219,3 +220,64 @@ def test_mtls_enforcement_needs_an_mtls_connection(admin_cli: CloudHsmCli) -> No
     message = admin_cli.error("cluster", "mtls", "set-enforcement", "--level", "cluster")
     assert message == "This operation requires an mTLS connection"
     assert admin_cli.ok("cluster", "mtls", "list-trust-anchors") == {"trust_anchors": []}
+
+
+def test_mfa_token_sign_enable_and_deregister(
+    cloudhsm_cluster: ClusterUnderTest,
+    crypto_user: Callable[[], Credentials],
+    admin_cli: CloudHsmCli,
+    tmp_path: Path,
+) -> None:
+    user = crypto_user()
+    token_path = tmp_path / "mfa.json"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_path = tmp_path / "mfa.pub"
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    cli = InteractiveCli(cloudhsm_cluster.config_path)
+    try:
+        cli.run(f"login --username {user.username} --role crypto-user --password {user.password}")
+        assert cli.process.stdin is not None
+        cli.process.stdin.write(
+            f"user change-mfa token-sign --username {user.username} --role crypto-user "
+            f"--token {token_path}\n".encode()
+        )
+        cli.process.stdin.flush()
+        cli._read_until(b"(press enter if same as the unsigned token file):")
+        document = json.loads(token_path.read_text())
+        entry = document["tokens"][0]
+        unsigned = base64.b64decode(entry["unsigned"])
+        entry["signed"] = base64.b64encode(
+            key.sign(unsigned, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        ).decode()
+        token_path.write_text(json.dumps(document))
+        cli.process.stdin.write(b"\n")
+        cli.process.stdin.flush()
+        cli._read_until(b"Enter public key PEM file path:")
+        cli.process.stdin.write(f"{public_path}\n".encode())
+        cli.process.stdin.flush()
+        envelope = json.loads(cli._read_until(b"aws-cloudhsm > "))
+        assert envelope == {
+            "error_code": 0,
+            "data": {"username": user.username, "role": "crypto-user"},
+        }
+    finally:
+        cli.quit()
+    listed = {u["username"]: u for u in admin_cli.ok("user", "list")["users"]}
+    assert listed[user.username]["mfa"] != []
+    deregistered = admin_cli.ok(
+        "user",
+        "change-mfa",
+        "token-sign",
+        "--username",
+        user.username,
+        "--role",
+        "crypto-user",
+        "--deregister",
+    )
+    assert deregistered == {"username": user.username, "role": "crypto-user"}
+    listed = {u["username"]: u for u in admin_cli.ok("user", "list")["users"]}
+    assert listed[user.username]["mfa"] == []

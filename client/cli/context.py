@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
@@ -43,6 +44,12 @@ class CliContext:
         self.default_cluster_id = default_cluster_id
         self._config: ClientConfig | None = None
         self._views: dict[str | None, ClusterView] = {}
+
+    @property
+    def prompt_stream(self) -> TextIO:
+        """Where prompts go: the session's output in interactive mode; stderr in
+        single-command mode, so stdout stays exactly one JSON document for scripts."""
+        return self.stdout if self.interactive else sys.stderr
 
     def config(self) -> ClientConfig:
         if self._config is None:
@@ -95,12 +102,21 @@ class CliContext:
         """A password from the terminal (no echo), or the next line of piped input."""
         if self.stdin.isatty():
             return getpass.getpass(prompt)
-        self.stdout.write(prompt)
-        self.stdout.flush()
+        self.prompt_stream.write(prompt)
+        self.prompt_stream.flush()
         line = self.stdin.readline()
         if not line:
             raise CliError("No password was provided")
         return line.rstrip("\r\n")
+
+    def read_line(self, prompt: str) -> str:
+        """One answer to a prompt (a path, a confirmation), from the terminal or a pipe."""
+        self.prompt_stream.write(prompt)
+        self.prompt_stream.flush()
+        line = self.stdin.readline()
+        if not line:
+            raise CliError(f"No answer to: {prompt}")
+        return line.strip()
 
     def new_password(self, given: str | None) -> str:
         """``--password`` or the CLI's two prompts, which must agree."""

@@ -8,15 +8,23 @@ reaches, and ``user list`` compares what each HSM holds, printing ``cluster-cove
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from typing import Any
 
-from client.cli.context import ROLES, CliContext, read_input_file
+from client.cli.context import ROLES, CliContext, read_input_file, write_output_file
 from client.cli.output import CliError
 from client.cli.parser import CommandGroup
-from client.cli.quorum import add_approval, read_approval, read_registration_token
+from client.cli.quorum import (
+    TOKEN_FILE_VERSION,
+    add_approval,
+    b64,
+    b64decode,
+    read_approval,
+    read_registration_token,
+)
 from client.cli.results import coverage, require_any
 from client.cluster import MemberOutcome
-from client.errors import HsmStatusError
 from protocol.ops import Op
 from protocol.status import Status
 
@@ -126,15 +134,75 @@ async def register_quorum_key(ctx: CliContext, args: argparse.Namespace) -> Any:
     public_key = read_input_file(args.public_key, "Public key file")
     signed_token = read_registration_token(args.signed_token)
     view = await ctx.session_view(args.cluster_id)
-    try:
-        result = await view.call(
-            Op.USER_REGISTER_QUORUM_KEY,
-            {"public_key": public_key, "signed_token": signed_token},
-            member=view.primary(),
-        )
-    except HsmStatusError:
-        raise
+    result = await view.call(
+        Op.USER_REGISTER_QUORUM_KEY,
+        {"public_key": public_key, "signed_token": signed_token},
+        member=view.primary(),
+    )
     return {"username": result.get("username"), "role": result.get("role")}
+
+
+def _read_signed_mfa_token(path: str) -> dict[str, bytes]:
+    document = _json_file(path, "Signed token file")
+    tokens = document.get("tokens")
+    if not isinstance(tokens, list) or not tokens or not isinstance(tokens[0], dict):
+        raise CliError(f"Signed token file {path} lacks a tokens list")
+    unsigned = b64decode(tokens[0].get("unsigned"), f"unsigned in {path}")
+    signed = b64decode(tokens[0].get("signed"), f"signed in {path}")
+    if len(unsigned) != 32:
+        raise CliError(f"Signed token file {path}: unsigned must be 32 bytes")
+    if not signed:
+        raise CliError(f"Signed token file {path} has not been signed")
+    return {"unsigned": unsigned, "signed": signed}
+
+
+def _json_file(path: str, what: str) -> dict[str, Any]:
+    raw = read_input_file(path, what)
+    try:
+        document = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CliError(f"{what} {path} is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise CliError(f"{what} {path} must hold a JSON object")
+    return document
+
+
+async def change_mfa(ctx: CliContext, args: argparse.Namespace) -> Any:
+    """``user change-mfa token-sign``: write an unsigned token, read it back signed, and
+    register the public key as the user's MFA (and, with --change-quorum, quorum) key."""
+    username = args.username.lower()
+    call_args: dict[str, Any] = {"username": username, "role": args.role}
+    if args.change_quorum:
+        call_args["change_quorum"] = True
+    if args.deregister:
+        call_args["deregister"] = True
+    else:
+        if not args.token:
+            raise CliError("--token is required unless --deregister is given")
+        if args.change_password is not None:
+            call_args["change_password"] = ctx.new_password(args.change_password or None)
+        unsigned = os.urandom(32)
+        document = {
+            "version": TOKEN_FILE_VERSION,
+            "tokens": [{"unsigned": b64(unsigned), "signed": ""}],
+        }
+        write_output_file(args.token, (json.dumps(document, indent=2) + "\n").encode())
+        signed_path = (
+            ctx.read_line(
+                "Enter signed token file path (press enter if same as the unsigned token file):"
+            )
+            or args.token
+        )
+        public_key_path = ctx.read_line("Enter public key PEM file path:")
+        token = _read_signed_mfa_token(signed_path)
+        if token["unsigned"] != unsigned:
+            raise CliError(f"Signed token file {signed_path} does not hold the token just written")
+        call_args["signed_token"] = token
+        call_args["public_key"] = read_input_file(public_key_path, "Public key file")
+    view = await ctx.session_view(args.cluster_id)
+    outcomes = await view.fan_out(Op.USER_CHANGE_MFA, _with_approval(call_args, args.approval))
+    _accept(outcomes, ())
+    return {"username": username, "role": args.role}
 
 
 def _user_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +225,14 @@ def register(root: CommandGroup) -> None:
     leaf.add_argument("--password", help="Optional: the new password")
     leaf.add_argument("--deregister-mfa", action="store_true", dest="deregister_mfa")
     leaf.add_argument("--deregister-quorum", action="store_true", dest="deregister_quorum")
+    add_approval(leaf)
+    change_mfa_group = user.group("change-mfa", "Change a user's multi-factor authentication")
+    leaf = change_mfa_group.command("token-sign", "Token-sign MFA strategy", change_mfa)
+    _user_arguments(leaf)
+    leaf.add_argument("--token", help="Filepath where the unsigned token file is written")
+    leaf.add_argument("--change-password", dest="change_password", nargs="?", const="")
+    leaf.add_argument("--change-quorum", action="store_true", dest="change_quorum")
+    leaf.add_argument("--deregister", action="store_true")
     add_approval(leaf)
     change_quorum = user.group("change-quorum", "Change a user's quorum registration")
     token_sign = change_quorum.group("token-sign", "Token-sign quorum strategy")
