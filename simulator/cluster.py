@@ -611,6 +611,7 @@ class LocalCluster:
         await host.start()
         running.host = host
         running.stopped = False
+        hsm_record.state, hsm_record.state_message = "ACTIVE", "HSM created."
         # Port 0 on first start: the port the kernel chose becomes the HSM's for good,
         # so a client configuration written now stays valid across restarts.
         hsm_record.port = host.port
@@ -674,8 +675,6 @@ class LocalCluster:
         if not running.stopped:
             return
         await self._start_host(running)
-        running.record.state = "ACTIVE"
-        running.record.state_message = "HSM created."
         self.save()
 
     # -- membership ----------------------------------------------------------------
@@ -1113,6 +1112,14 @@ class ClusterThread:
             return await coro
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout)
+
+    def call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a plain function on the cluster's loop thread (``faults.sever`` and the like)."""
+
+        async def wrapper() -> _T:
+            return fn(*args)
+
+        return self.run(wrapper())
 
     def start(self) -> LocalCluster:
         ready = threading.Event()

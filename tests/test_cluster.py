@@ -432,3 +432,28 @@ def test_busy_with_a_probability_replays_with_the_seed() -> None:
     first = run("7:hsm-aaaaaaaaaaa")
     assert first == run("7:hsm-aaaaaaaaaaa")
     assert 0 < first.count(0xBB) < 64
+
+
+def test_restart_keeps_added_hsms_child_clusters_and_backups(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with ClusterThread(data_dir, hsms=1) as first:
+        first.initialize_default()
+        cluster = first.cluster
+        added = first.run(cluster.add_hsm())
+        backup = first.run(cluster.take_backup())
+        child = first.run(cluster.create_cluster("hsm2m.medium", ["subnet-0123456789abcdef0"]))
+        first.run(child.add_hsm())
+        before = {cluster_id: first.run(c.describe()) for cluster_id, c in cluster.registry.items()}
+        first.run(cluster.faults.stop_hsm(added.hsm_id))
+    assert (data_dir / "clusters" / child.cluster_id / "cluster.json").exists()
+    assert stat.S_IMODE((data_dir / "keys" / "backup.key").stat().st_mode) == 0o600
+    with ClusterThread(data_dir, hsms=1) as second:
+        cluster = second.cluster
+        after = {cluster_id: second.run(c.describe()) for cluster_id, c in cluster.registry.items()}
+        assert after == before
+        assert [r.backup_id for r in cluster.vault.records()] == [backup.backup_id]
+        # Faults do not survive a restart: the stopped HSM is up again.
+        assert cluster.faults.describe()["hsms"] == {}
+        customer_pem = cluster.record.trust_anchor.encode()
+        answers = _round_trip(second, customer_pem)
+        assert added.hsm_id in {a["hsm-id"] for a in answers}
