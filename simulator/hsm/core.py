@@ -149,6 +149,8 @@ _AUDITED: dict[Op, str] = {
     Op.MTLS_SET_ENFORCEMENT: "CN_CERT_AUTH_SET_ENFORCEMENT",
 }
 
+_OPS_BY_NAME: dict[str, Op] = {op.value: op for op in Op}
+
 #: Statuses the real CLI would have caught before reaching the HSM: not audited.
 _UNAUDITED_FAILURES = frozenset({Status.INVALID_ARGUMENT, Status.UNKNOWN_OP})
 
@@ -225,6 +227,7 @@ class Hsm:
         self._store.close()
 
     def _load(self) -> None:
+        self._mtls: MtlsPolicy | None = None
         self._users = {
             name: User(name, role, pw, failures, mfa, qk)
             for name, role, pw, failures, mfa, qk in self._store.user_rows()
@@ -377,10 +380,9 @@ class Hsm:
         found = self._sessions.get(session)
         if found is None:
             return Status.INVALID_ARGUMENT, {"message": "unknown session"}
-        try:
-            kind = Op(op)
-        except ValueError:
-            return Status.UNKNOWN_OP, {"message": f"Unknown operation {op[:64]!r}"}
+        kind = _OPS_BY_NAME.get(op) if isinstance(op, str) else None
+        if kind is None:
+            return Status.UNKNOWN_OP, {"message": f"Unknown operation {str(op)[:64]!r}"}
         try:
             if not isinstance(args, dict):
                 raise HsmError(Status.INVALID_ARGUMENT, "args must be a map")
@@ -951,8 +953,12 @@ class Hsm:
 
     # -- mTLS policy -----------------------------------------------------------------------------
     def mtls_policy(self) -> MtlsPolicy:
-        enforcement = str(self._store.get_meta("mtls_enforcement", "none"))
-        return MtlsPolicy(enforcement, tuple(pem for _, pem in self._store.trust_anchor_rows()))
+        """Enforcement level and trust anchors (cached: checked on every request)."""
+        if self._mtls is None:
+            enforcement = str(self._store.get_meta("mtls_enforcement", "none"))
+            anchors = tuple(pem for _, pem in self._store.trust_anchor_rows())
+            self._mtls = MtlsPolicy(enforcement, anchors)
+        return self._mtls
 
     def _require_hsm2m(self) -> None:
         if self.identity.hsm_type != "hsm2m.medium":
@@ -979,6 +985,7 @@ class Hsm:
                 Status.SUCCESS,
                 **self._session_subject(session),
             )
+        self._mtls = None
         return {"certificate_reference": reference}
 
     def _mtls_deregister(self, session: Session, args: Mapping[str, Any]) -> Any:
@@ -1003,6 +1010,7 @@ class Hsm:
                 Status.SUCCESS,
                 **self._session_subject(session),
             )
+        self._mtls = None
         return {}
 
     def _mtls_list(self, session: Session, args: Mapping[str, Any]) -> Any:
@@ -1035,6 +1043,7 @@ class Hsm:
                 Status.SUCCESS,
                 **self._session_subject(session),
             )
+        self._mtls = None
         return {}
 
     def _mtls_get_enforcement(self, session: Session, args: Mapping[str, Any]) -> Any:
