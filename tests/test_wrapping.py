@@ -515,3 +515,143 @@ def test_openssl_unwraps_rsa_oaep(
         data=wrapped,
     )
     assert plain == payload.value
+
+
+# -- robustness: any input gets a result or an HsmError, never a crash ---------------------------
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.text(max_size=12),
+    st.binary(max_size=40),
+    st.sampled_from(["sha1", "sha256", "sha512", "mgf1-sha256", "mgf1-sha1", "raw", "digest"]),
+    st.sampled_from([bytes(12), bytes(16), bytes(8), bytes.fromhex("A6A6A6A6A6A6A6A6")]),
+    st.sampled_from([96, 128, 64, 100, 0, 256]),
+)
+_MECHANISM_NAMES = st.sampled_from(
+    [
+        "rsa-pkcs",
+        "rsa-pkcs-pss",
+        "ecdsa",
+        "rsa-x-509",
+        "aes-ecb",
+        "aes-cbc",
+        "aes-cbc-pad",
+        "aes-ctr",
+        "aes-gcm",
+        "cloudhsm-aes-gcm",
+        "rsa-oaep",
+        "des3-cbc",
+        "des3-cbc-pad",
+        "hmac",
+        "aes-cmac",
+        "aes-no-pad",
+        "aes-pkcs5-pad",
+        "aes-zero-pad",
+        "rsa-aes",
+        "ecdh-x963-kdf",
+        "sp800-108-counter-kdf",
+        "nonsense",
+    ]
+)
+_ARG_NAMES = [
+    "hash",
+    "mgf",
+    "salt_length",
+    "data_type",
+    "iv",
+    "aad",
+    "tag_length_bits",
+    "label",
+    "signature",
+    "mac",
+    "public_point",
+    "shared_info",
+    "context",
+    "aes_key_bits",
+]
+_ARGS = st.fixed_dictionaries(
+    {"mechanism": _MECHANISM_NAMES, "data": st.one_of(st.binary(max_size=300), _ANY_VALUE)},
+    optional=dict.fromkeys(_ARG_NAMES, _ANY_VALUE),
+)
+
+
+@pytest.fixture(scope="module")
+def every_key() -> list[KeyMaterial]:
+    rsa_pub, rsa_priv = generate_pair("rsa", modulus_size_bits=2048)
+    ec_pub, ec_priv = generate_pair("ec", curve="secp256r1")
+    return [
+        rsa_pub,
+        rsa_priv,
+        ec_pub,
+        ec_priv,
+        generate_secret("aes", 16),
+        generate_secret("generic-secret", 20),
+        generate_secret("des3", 24),
+    ]
+
+
+_ALL_USAGE = {
+    "sign": True,
+    "verify": True,
+    "encrypt": True,
+    "decrypt": True,
+    "wrap": True,
+    "unwrap": True,
+    "derive": True,
+    "extractable": True,
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    args=_ARGS,
+    key_index=st.integers(min_value=0, max_value=6),
+    other_index=st.integers(min_value=0, max_value=6),
+    operation=st.sampled_from(
+        [
+            "sign",
+            "verify",
+            "encrypt",
+            "decrypt",
+            "mac",
+            "mac_verify",
+            "digest",
+            "wrap",
+            "unwrap",
+            "derive",
+        ]
+    ),
+    target=st.sampled_from(["aes", "generic-secret", "des3", "rsa", "ec"]),
+    length=st.integers(min_value=0, max_value=64),
+)
+def test_no_input_crashes_a_mechanism(
+    every_key: list[KeyMaterial],
+    args: dict[str, Any],
+    key_index: int,
+    other_index: int,
+    operation: str,
+    target: str,
+    length: int,
+) -> None:
+    key, other = every_key[key_index], every_key[other_index]
+    mechanism = args["mechanism"]
+    refusal: HsmError | None = None
+    try:
+        if operation == "wrap":
+            mech.wrap(key, _ALL_USAGE, other, _ALL_USAGE, mechanism, args)
+        elif operation == "unwrap":
+            data = args["data"] if isinstance(args["data"], bytes) else b""
+            mech.unwrap(key, _ALL_USAGE, mechanism, args, data, target, _class(target))
+        elif operation == "derive":
+            mech.derive(key, _ALL_USAGE, mechanism, args, target, length)
+        elif operation == "digest":
+            mech.digest(args)
+        else:
+            getattr(mech, operation)(key, _ALL_USAGE, args)
+    except HsmError as error:
+        refusal = error
+    if refusal is not None:
+        assert refusal.message
+        assert refusal.status is not Status.INTERNAL_ERROR
