@@ -165,7 +165,12 @@ class MessageDecoder:
             return None
         raw = bytes(self._buffer[4 : 4 + length])
         del self._buffer[: 4 + length]
-        return decode_cbor(raw)
+        body = decode_cbor(raw)
+        if body is None:
+            # None means "need more bytes" to callers; a null body would vanish
+            # silently. No message is null (requests and responses are maps).
+            raise MessageError("a message must be a CBOR map, not null")
+        return body
 
     def bodies(self) -> list[Any]:
         out: list[Any] = []
