@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+from pathlib import Path
 
 import pytest
 
-from client.connection import HsmConnection
+from client import errors
+from client.connection import ChannelSettings, HsmConnection
 from client.errors import HsmStatusError, UnknownOp
-from fixtures.trust import SingleHsmTarget
+from fixtures.trust import CertificateAuthority, SingleHsmTarget
 from protocol.status import Status
 
 
@@ -41,3 +45,115 @@ def test_unknown_op_is_a_status_error(single_hsm_target: SingleHsmTarget) -> Non
             assert (await conn.call("hsm.info"))["hsm-id"] == target.hello.hsm_id
 
     asyncio.run(scenario())
+
+
+def test_wrong_password_is_a_login_failure(single_hsm_target: SingleHsmTarget) -> None:
+    target = single_hsm_target
+
+    async def scenario() -> None:
+        async with await HsmConnection.open(target.host, target.port, target.settings) as conn:
+            with pytest.raises(errors.LoginFailure) as caught:
+                await conn.call("login", {"username": "admin", "role": "admin", "password": "nope"})
+            assert caught.value.status is Status.LOGIN_FAILURE
+            assert caught.value.message == "Incorrect authentication credentials"
+            assert "nope" not in str(caught.value)
+
+    asyncio.run(scenario())
+
+
+def test_request_timeout_leaves_the_channel_usable(single_hsm_target: SingleHsmTarget) -> None:
+    target = single_hsm_target
+    release = threading.Event()
+    settings = target.settings_with(request_timeout=0.2)
+
+    async def scenario() -> None:
+        async with await HsmConnection.open(target.host, target.port, settings) as conn:
+            # Occupy the HSM's single worker so the request cannot run in time.
+            blocker = target.endpoint.executor.submit(release.wait, 10)
+            with pytest.raises(errors.RequestTimeout, match=r"did not answer 'hsm\.info'"):
+                await conn.call("hsm.info")
+            release.set()
+            await asyncio.wrap_future(blocker)
+            # The late answer is dropped; the next request gets its own.
+            assert (await conn.call("hsm.info"))["hsm-id"] == target.hello.hsm_id
+
+    asyncio.run(scenario())
+
+
+def test_nothing_listening_is_host_unreachable(single_hsm_target: SingleHsmTarget) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(errors.HostUnreachable, match=f"127.0.0.1:{port}"):
+        asyncio.run(HsmConnection.open("127.0.0.1", port, single_hsm_target.settings))
+
+
+def test_settings_from_files(single_hsm_target: SingleHsmTarget, tmp_path: Path) -> None:
+    target = single_hsm_target
+    ca_file, _ = target.customer_ca.write(tmp_path)
+    root_file = tmp_path / "AWS_CloudHSM_Root-G1.crt"
+    root_file.write_bytes(target.aws_root.cert_pem)
+    settings = ChannelSettings.from_files(ca_file, root_file)
+    assert settings.hsm_ca_source == str(ca_file)
+
+    async def scenario() -> None:
+        async with await HsmConnection.open(target.host, target.port, settings) as conn:
+            await conn.call("hsm.info")
+
+    asyncio.run(scenario())
+    with pytest.raises(errors.ConfigurationError, match="cannot be read"):
+        ChannelSettings.from_files(ca_file, tmp_path / "missing-root.crt")
+
+
+def test_missing_client_certificate_files_are_a_configuration_error(
+    single_hsm_target: SingleHsmTarget, tmp_path: Path
+) -> None:
+    settings = single_hsm_target.settings_with(
+        hsm_client_cert=(tmp_path / "client.crt", tmp_path / "client.key")
+    )
+    with pytest.raises(errors.ConfigurationError, match="client certificate file not found"):
+        asyncio.run(HsmConnection.open(single_hsm_target.host, single_hsm_target.port, settings))
+
+
+def test_mtls_enforcement_drops_existing_plain_channels(
+    single_hsm_target: SingleHsmTarget, tmp_path: Path
+) -> None:
+    """Spec §2.9: after `set-enforcement --level cluster` non-mTLS connections are dropped."""
+    target = single_hsm_target
+    anchor = CertificateAuthority.generate("mTLS anchor")
+    client_files = anchor.issue_client("ssl-client").write(tmp_path, "ssl-client")
+    with_cert = target.settings_with(hsm_client_cert=client_files)
+    login = {"username": "admin", "role": "admin", "password": "admin-password-1"}
+
+    async def scenario() -> None:
+        plain = await HsmConnection.open(target.host, target.port, target.settings)
+        await plain.call("cluster.activate", {"password": "admin-password-1"})
+        await plain.call("login", login)
+        await plain.call("mtls.register_trust_anchor", {"certificate": anchor.cert_pem})
+        async with await HsmConnection.open(target.host, target.port, with_cert) as mtls:
+            await mtls.call("login", login)
+            await mtls.call("mtls.set_enforcement", {"level": "cluster"})
+            for _ in range(200):
+                if plain.closed:
+                    break
+                await asyncio.sleep(0.01)
+            with pytest.raises(errors.HostHsmUnavailable, match="mTLS enforcement requires"):
+                await plain.call("hsm.info")
+            # The mTLS channel itself carries on.
+            assert (await mtls.call("mtls.get_enforcement"))["level"] == "cluster"
+        await plain.close()
+
+    asyncio.run(scenario())
+
+
+def test_status_errors_cover_every_status() -> None:
+    for status in Status:
+        if status is Status.SUCCESS:
+            continue
+        error = errors.status_error(status, "why")
+        assert type(error) is not errors.HsmStatusError, status
+        assert error.status is status
+        assert error.message == "why"
+    unknown = errors.status_error(0x7777, None)
+    assert type(unknown) is errors.HsmStatusError
+    assert "0x7777" in str(unknown)
