@@ -49,6 +49,10 @@ def test_file_settings(tmp_path: Path) -> None:
     path = tmp_path / "hsm.db"
     hsm, _ = _populated(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    hsm.close()
+    hsm = Hsm.open(identity(), path, MASKING_KEY, scrypt_n=TEST_SCRYPT_N)
+    for side in tmp_path.iterdir():
+        assert stat.S_IMODE(side.stat().st_mode) == 0o600, side.name
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

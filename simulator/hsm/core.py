@@ -757,6 +757,8 @@ class Hsm:
         self._audit_subject = {"user_name": username, "user_type": users.AUDIT_USER_TYPES[role]}
         if session.role != ADMIN and username != session.username:
             raise HsmError(Status.PERMISSION_DENIED)
+        if role == APPLIANCE and session.role != APPLIANCE:
+            raise HsmError(Status.PERMISSION_DENIED, "The appliance user is managed by AWS")
         return self._find_user(username, role)
 
     def _user_change_password(self, session: Session, args: Mapping[str, Any]) -> Any:

@@ -116,6 +116,13 @@ class Store:
         except BaseException:
             conn.close()
             raise
+        if path is not None:
+            # SQLite creates the WAL and shared-memory files with the umask's
+            # mode on every open; they hold page images, so keep them private.
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(path) + suffix)
+                if side.exists():
+                    os.chmod(side, 0o600)
         return cls(conn, storage_key, hsm_id)
 
     @staticmethod
@@ -140,12 +147,6 @@ class Store:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            if path is not None:
-                # WAL and SHM side files inherit the umask; keep them private too.
-                for suffix in ("-wal", "-shm"):
-                    side = Path(str(path) + suffix)
-                    if side.exists():
-                        os.chmod(side, 0o600)
             return storage_key
         if version != SCHEMA_VERSION:
             raise StoreError(f"store schema version {version} is not {SCHEMA_VERSION}")
