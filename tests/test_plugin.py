@@ -8,13 +8,16 @@ report files, or the usage error.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conformance.runner import build_parser, pytest_arguments
+from fixtures.cluster import ClusterFactory
 
 pytest_plugins = ["pytester"]
 
@@ -226,3 +229,147 @@ def test_runner_runs_the_installed_suite(tmp_path: Path) -> None:
     assert document["families"]["wire"]["verdict"] == "PASS"  # type: ignore[index]
     assert {s["family"] for s in document["scenarios"]} == {"wire"}  # type: ignore[attr-defined]
     assert "| wire | PASS |" in report.read_text(encoding="utf-8")
+
+
+CLUSTER_TESTS = '''
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.conformance("users")
+def test_first(cloudhsm_cluster, cli, cloudhsm_config):
+    """The session's cluster answers user list without login."""
+    assert cloudhsm_config == cloudhsm_cluster.config_path
+    users = cli.ok("user", "list")["users"]
+    assert "admin" in [u["username"] for u in users]
+    Path("seen.json").write_text(json.dumps(
+        {"cluster_id": cloudhsm_cluster.cluster_id, "data_dir": str(cloudhsm_cluster.data_dir)}
+    ))
+
+
+def test_second(cloudhsm_cluster, crypto_user, cli):
+    alice = crypto_user()
+    assert cli("login", "--username", alice.username, "--role", "crypto-user",
+               "--password", alice.password)["error_code"] == 0
+    seen = json.loads(Path("seen.json").read_text())
+    assert seen["cluster_id"] == cloudhsm_cluster.cluster_id
+
+
+def test_fresh(fresh_cluster, cloudhsm_cluster):
+    assert fresh_cluster.cluster_id != cloudhsm_cluster.cluster_id
+'''
+
+
+def test_cluster_fixtures_start_one_cluster_per_session_and_clean_up(
+    pytester: pytest.Pytester,
+) -> None:
+    """cloudhsm_cluster is started once for the session (both tests see the same cluster),
+    activated, reachable through cli and crypto_user; fresh_cluster is another cluster; the
+    data directory is removed at the end."""
+    pytester.makepyfile(test_cluster=CLUSTER_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--cloudhsm-hsms", "2")
+    result.assert_outcomes(passed=3)
+    seen = json.loads((pytester.path / "seen.json").read_text())
+    assert seen["cluster_id"].startswith("cluster-")
+    assert not Path(seen["data_dir"]).exists()
+
+
+def test_external_target_uses_the_given_configuration(
+    pytester: pytest.Pytester, cluster_factory: ClusterFactory
+) -> None:
+    """With --cloudhsm-target external the fixtures use the cluster of --cloudhsm-config and
+    the admin of --cloudhsm-admin-pin, start nothing, and skip scenarios that need a local
+    cluster."""
+    cluster = cluster_factory(hsms=2)
+    pytester.makepyfile(
+        f'''
+import pytest
+
+def test_external(cloudhsm_cluster, admin_cli):
+    assert cloudhsm_cluster.cluster_id == "{cluster.cluster_id}"
+    assert cloudhsm_cluster.controls is None
+    assert admin_cli.ok("user", "list")["users"]
+
+def test_needs_local(fresh_cluster):
+    pass
+'''
+    )
+    result = pytester.runpytest(
+        "-p",
+        "no:cacheprovider",
+        "--cloudhsm-target",
+        "external",
+        "--cloudhsm-config",
+        str(cluster.config_path),
+        "--cloudhsm-admin-pin",
+        f"{cluster.admin_username}:{cluster.admin_password}",
+    )
+    result.assert_outcomes(passed=1, skipped=1)
+
+
+@pytest.mark.slow
+def test_runner_against_a_running_cloudhsm_local_up(tmp_path: Path) -> None:
+    """`cloudhsm-local up` in its own process, then `cloudhsm-conformance --target external`
+    on its configuration: the runner activates the cluster and the users family passes."""
+    data_dir = tmp_path / "cluster"
+    ready = tmp_path / "ready.json"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "up",
+            "--hsms",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "cloudhsm-local up never became ready"
+            time.sleep(0.1)
+        report = tmp_path / "report.md"
+        completed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "conformance.runner",
+                "--target",
+                "external",
+                "--config",
+                str(data_dir / "cloudhsm-cli.cfg"),
+                "--families",
+                "users",
+                "--report",
+                str(report),
+                "--admin-pin",
+                "admin:conformance-admin-9",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+        document = _read_report(report.with_suffix(".json"))
+        assert document["families"]["users"]["verdict"] == "PASS"  # type: ignore[index]
+        assert document["target"]["kind"] == "external"  # type: ignore[index]
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        if server.stderr is not None:
+            server.stderr.close()
