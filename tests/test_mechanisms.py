@@ -702,3 +702,53 @@ def pair_cache() -> dict[str, tuple[KeyMaterial, KeyMaterial]]:
         "rsa": generate_pair("rsa", modulus_size_bits=2048),
         "ec": generate_pair("ec", curve="secp256r1"),
     }
+
+
+@openssl_missing
+@pytest.mark.parametrize(
+    ("genpkey", "mechanism", "opts", "to_raw"),
+    [
+        (["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"], "rsa-pkcs", [], False),
+        (
+            ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            "rsa-pkcs-pss",
+            ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"],
+            False,
+        ),
+        (["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"], "ecdsa", [], True),
+    ],
+)
+def test_hsm_verifies_openssl_signatures(
+    tmp_path: Path, genpkey: list[str], mechanism: str, opts: list[str], to_raw: bool
+) -> None:
+    key_path, data_path, sig_path = tmp_path / "key.pem", tmp_path / "data", tmp_path / "sig"
+    data_path.write_bytes(b"signed by openssl")
+    for command in (
+        ["openssl", "genpkey", *genpkey, "-out", str(key_path)],
+        [
+            "openssl",
+            "dgst",
+            "-sha256",
+            "-sign",
+            str(key_path),
+            *opts,
+            "-out",
+            str(sig_path),
+            str(data_path),
+        ],
+    ):
+        subprocess.run(command, capture_output=True, check=True)
+    private = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    assert isinstance(private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    public = import_key("public-key", "ec" if to_raw else "rsa", pem=pem)
+    signature = sig_path.read_bytes()
+    if to_raw:  # openssl writes DER; the HSM speaks r||s
+        r, s = utils.decode_dss_signature(signature)
+        signature = r.to_bytes(48, "big") + s.to_bytes(48, "big")
+    args = {"mechanism": mechanism, "hash": "sha256", "data": b"signed by openssl"}
+    mech.verify(public, ALL, {**args, "signature": signature})
+    with _refused(Status.SIGNATURE_INVALID):
+        mech.verify(public, ALL, {**args, "data": b"tampered", "signature": signature})
