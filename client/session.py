@@ -30,9 +30,9 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from client.cluster import ClusterView
+from client.cluster import ClusterView, MemberOutcome
 from client.config import ClientConfig, load_config
 from client.errors import ClientError, HsmStatusError
 from protocol.ops import Op
@@ -133,10 +133,32 @@ def _creation(
     return call
 
 
+class SessionView(Protocol):
+    """What a session needs of the cluster: a :class:`ClusterView` in this process, or a
+    :class:`client.daemon.DaemonView` served by ``cloudhsm-client``."""
+
+    @property
+    def credentials(self) -> tuple[str, str] | None: ...
+
+    async def login(self, username: str, role: str, password: str) -> dict[str, Any]: ...
+
+    async def logout(self) -> None: ...
+
+    async def call(self, op: str, args: dict[str, Any] | None = None) -> Any: ...
+
+    async def use_key(self, op: str, args: dict[str, Any]) -> Any: ...
+
+    async def change_key(self, op: str, args: dict[str, Any]) -> Any: ...
+
+    async def fan_out(self, op: str, args: dict[str, Any] | None = None) -> list[MemberOutcome]: ...
+
+    async def close(self) -> None: ...
+
+
 class AsyncSession:
     """The asyncio library API over one cluster."""
 
-    def __init__(self, view: ClusterView) -> None:
+    def __init__(self, view: SessionView) -> None:
         self.view = view
 
     @classmethod
@@ -150,6 +172,16 @@ class AsyncSession:
         configuration, or None for ``$CLOUDHSM_CONFIG`` / the default path)."""
         loaded = config if isinstance(config, ClientConfig) else load_config(config)
         return cls(await ClusterView.open(loaded, cluster_id))
+
+    @classmethod
+    async def connect_daemon(
+        cls, socket_path: str | os.PathLike[str] | None = None
+    ) -> AsyncSession:
+        """Use the cluster through a running ``cloudhsm-client`` daemon (``socket_path``,
+        else ``$CLOUDHSM_CLIENT_SOCKET`` or the daemon's default path)."""
+        from client.daemon import DaemonView
+
+        return cls(await DaemonView.connect(socket_path))
 
     async def close(self) -> None:
         await self.view.close()
@@ -565,6 +597,17 @@ class Session:
         runner = _LoopThread()
         try:
             inner = runner.run(AsyncSession.connect(config, cluster_id=cluster_id))
+        except BaseException:
+            runner.stop()
+            raise
+        return cls(inner, runner)
+
+    @classmethod
+    def connect_daemon(cls, socket_path: str | os.PathLike[str] | None = None) -> Session:
+        """Use the cluster through a running ``cloudhsm-client`` daemon."""
+        runner = _LoopThread()
+        try:
+            inner = runner.run(AsyncSession.connect_daemon(socket_path))
         except BaseException:
             runner.stop()
             raise

@@ -1,0 +1,469 @@
+"""``cloudhsm-client``: the client as a daemon on a local Unix socket.
+
+Local applications connect to the socket instead of opening their own channels to every
+HSM. Each local connection is its own client: it gets its own cluster view (its own
+end-to-end channels, so its own HSM sessions and its own login), taken from a pool of
+idle, logged-out views so a new application does not pay for the TLS handshakes. When an
+application disconnects (or crashes) its view is logged out, which destroys its session
+keys and quorum tokens on the HSMs, and goes back to the pool; nothing it did can reach
+another application's login. SIGTERM or SIGINT closes the socket, every channel, and
+removes the socket file.
+
+The socket carries the same length-prefixed canonical CBOR messages as the HSM channel
+(:mod:`protocol.messages`): a request ``{id, op, args}`` names a method of
+:class:`client.cluster.ClusterView` (``view.call``, ``view.use_key``, ``view.change_key``,
+``view.fan_out``, ``view.login``, ``view.logout``) and the daemon answers ``{id, status,
+result}`` with the HSM's status, so the library raises the same exceptions through the
+daemon as directly. Requests on one connection may be pipelined.
+
+The socket is created mode 0600 (only the daemon's user); ``--socket-group`` makes it
+0660 for that group. Its directory must not be writable by others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import grp
+import itertools
+import logging
+import os
+import signal
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from client.cluster import ClusterView, HsmMember, MemberOutcome
+from client.config import ClientConfig, ServerEntry, load_config
+from client.errors import ClientError, ConnectionLost, HsmStatusError, status_error
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    MessageDecoder,
+    Request,
+    Response,
+    encode_message,
+    parse_request,
+    parse_response,
+)
+from protocol.status import Status
+
+log = logging.getLogger(__name__)
+
+#: Idle logged-out views kept for the next application.
+POOL_SIZE = 8
+#: Environment variable naming the daemon socket for applications.
+SOCKET_ENV = "CLOUDHSM_CLIENT_SOCKET"
+
+_VIEW_OPS = (
+    "view.call",
+    "view.use_key",
+    "view.change_key",
+    "view.fan_out",
+    "view.login",
+    "view.logout",
+)
+
+
+def default_socket_path() -> Path:
+    """``$CLOUDHSM_CLIENT_SOCKET``, else a per-user path under ``$XDG_RUNTIME_DIR`` or /tmp."""
+    explicit = os.environ.get(SOCKET_ENV)
+    if explicit:
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "cloudhsm-client.sock"
+    return Path(f"/tmp/cloudhsm-client-{os.getuid()}") / "client.sock"  # noqa: S108 - private 0700 dir
+
+
+def _error_response(request_id: int, error: ClientError) -> Response:
+    if isinstance(error, HsmStatusError):
+        return Response(request_id, int(error.status), {"message": error.message})
+    return Response(
+        request_id,
+        int(Status.HSM_UNAVAILABLE),
+        {"message": str(error), "error": type(error).__name__},
+    )
+
+
+class ViewPool:
+    """Cluster views ready for the next application: connected, logged out."""
+
+    def __init__(self, config: ClientConfig, cluster_id: str | None) -> None:
+        self.config = config
+        self.cluster_id = cluster_id
+        self._idle: list[ClusterView] = []
+
+    async def take(self) -> ClusterView:
+        while self._idle:
+            view = self._idle.pop()
+            if view.live_members:
+                return view
+            await view.close()
+        return await ClusterView.open(self.config, self.cluster_id)
+
+    async def give_back(self, view: ClusterView) -> None:
+        if view.credentials is not None:
+            # Logging out destroys the application's session keys and quorum tokens.
+            with contextlib.suppress(ClientError):
+                await view.logout()
+        if view.credentials is None and view.live_members and len(self._idle) < POOL_SIZE:
+            self._idle.append(view)
+        else:
+            await view.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for view in idle:
+            await view.close()
+
+
+class DaemonServer:
+    """The Unix socket server; one :class:`ClusterView` per connected application."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        socket_path: Path,
+        *,
+        cluster_id: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        self.config = config
+        self.socket_path = socket_path
+        self.group = group
+        self.pool = ViewPool(config, cluster_id)
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        directory = self.socket_path.parent
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True)
+        mode = directory.stat().st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            raise ClientError(f"socket directory {directory} is writable by everyone")
+        if self.socket_path.exists() or self.socket_path.is_symlink():
+            if not stat.S_ISSOCK(self.socket_path.lstat().st_mode):
+                raise ClientError(f"{self.socket_path} exists and is not a socket")
+            self.socket_path.unlink()
+        gid = grp.getgrnam(self.group).gr_gid if self.group else None
+        # The umask makes the socket private from the moment it exists (no chmod race).
+        old = os.umask(0o077 if gid is None else 0o007)
+        try:
+            self._server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
+        finally:
+            os.umask(old)
+        if gid is not None:
+            os.chown(self.socket_path, -1, gid)
+            os.chmod(self.socket_path, 0o660)
+        else:
+            os.chmod(self.socket_path, 0o600)
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(self._serve(reader, writer))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        application = _Application(self.pool, writer)
+        decoder = MessageDecoder()
+        try:
+            while data := await reader.read(65536):
+                decoder.receive_data(data)
+                for body in decoder.bodies():
+                    application.start(parse_request(body))
+        except (ProtocolError, ConnectionError, OSError) as exc:
+            log.info("application connection ended: %s", exc)
+        finally:
+            await application.finish()
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.pool.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+
+class _Application:
+    """One connected local process: its view (taken on first use) and requests in flight."""
+
+    def __init__(self, pool: ViewPool, writer: asyncio.StreamWriter) -> None:
+        self.pool = pool
+        self.writer = writer
+        self.view: ClusterView | None = None
+        self._opening: asyncio.Lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, request: Request) -> None:
+        task = asyncio.ensure_future(self._answer(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _view(self) -> ClusterView:
+        async with self._opening:
+            if self.view is None:
+                self.view = await self.pool.take()
+            return self.view
+
+    async def _answer(self, request: Request) -> None:
+        try:
+            result = await self._dispatch(request.op, request.args)
+            response = Response(request.id, 0, result)
+        except ClientError as exc:
+            response = _error_response(request.id, exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            response = Response(
+                request.id, int(Status.INVALID_ARGUMENT), {"message": f"bad daemon request: {exc}"}
+            )
+        try:
+            self.writer.write(encode_message(response))
+        except ProtocolError as exc:
+            self.writer.write(
+                encode_message(
+                    Response(request.id, int(Status.INTERNAL_ERROR), {"message": str(exc)})
+                )
+            )
+
+    async def _dispatch(self, op: str, args: dict[str, Any]) -> Any:
+        if op not in _VIEW_OPS:
+            raise status_error(Status.UNKNOWN_OP, f"unknown daemon operation {op!r}")
+        view = await self._view()
+        if op == "view.login":
+            return await view.login(str(args["username"]), str(args["role"]), str(args["password"]))
+        if op == "view.logout":
+            await view.logout()
+            return {}
+        inner_op = str(args["op"])
+        inner_args = dict(args.get("args") or {})
+        if op == "view.call":
+            return await view.call(inner_op, inner_args)
+        if op == "view.use_key":
+            return await view.use_key(inner_op, inner_args)
+        if op == "view.change_key":
+            return await view.change_key(inner_op, inner_args)
+        outcomes = await view.fan_out(inner_op, inner_args)
+        return {"outcomes": [_outcome_wire(o) for o in outcomes]}
+
+    async def finish(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.view is not None:
+            view, self.view = self.view, None
+            await self.pool.give_back(view)
+
+
+def _outcome_wire(outcome: MemberOutcome) -> dict[str, Any]:
+    entry: dict[str, Any] = {"hsm": outcome.member.name}
+    if outcome.error is None:
+        entry.update(status=0, result=outcome.result)
+    elif isinstance(outcome.error, HsmStatusError):
+        entry.update(status=int(outcome.error.status), message=outcome.error.message)
+    else:
+        entry.update(status=int(Status.HSM_UNAVAILABLE), message=str(outcome.error))
+    return entry
+
+
+# -- the application side ------------------------------------------------------------------
+
+
+class DaemonView:
+    """What :class:`client.session.AsyncSession` needs of a cluster view, served by the
+    daemon over its Unix socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._credentials: tuple[str, str] | None = None
+        self._failure: ClientError | None = None
+        self._receiver = asyncio.ensure_future(self._receive())
+
+    @classmethod
+    async def connect(cls, socket_path: str | os.PathLike[str] | None = None) -> DaemonView:
+        path = Path(socket_path) if socket_path is not None else default_socket_path()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        except OSError as exc:
+            raise ConnectionLost(
+                f"cannot reach the cloudhsm-client daemon at {path}: {exc.strerror}"
+            ) from None
+        return cls(reader, writer)
+
+    async def _receive(self) -> None:
+        decoder = MessageDecoder()
+        try:
+            while data := await self._reader.read(65536):
+                decoder.receive_data(data)
+                for body in decoder.bodies():
+                    response = parse_response(body)
+                    future = self._pending.pop(response.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(response)
+            failure = ConnectionLost("the cloudhsm-client daemon closed the connection")
+        except (ProtocolError, ConnectionError, OSError) as exc:
+            failure = ConnectionLost(f"the connection to the cloudhsm-client daemon broke: {exc}")
+        self._failure = failure
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(failure)
+        self._pending.clear()
+
+    async def _request(self, op: str, args: dict[str, Any]) -> Any:
+        if self._failure is not None:
+            raise self._failure
+        request_id = next(self._ids)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._writer.write(encode_message(Request(request_id, op, args)))
+        except ProtocolError as exc:
+            self._pending.pop(request_id, None)
+            raise ClientError(f"request {op!r} cannot be encoded: {exc}") from None
+        response = await future
+        if response.status != 0:
+            message = None
+            if isinstance(response.result, dict) and isinstance(
+                response.result.get("message"), str
+            ):
+                message = response.result["message"]
+            raise status_error(response.status, message)
+        return response.result
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        return self._credentials
+
+    async def login(self, username: str, role: str, password: str) -> dict[str, Any]:
+        result = await self._request(
+            "view.login", {"username": username, "role": role, "password": password}
+        )
+        self._credentials = (username, role)
+        return dict(result) if isinstance(result, dict) else {"username": username, "role": role}
+
+    async def logout(self) -> None:
+        await self._request("view.logout", {})
+        self._credentials = None
+
+    async def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        return await self._request("view.call", {"op": op, "args": dict(args or {})})
+
+    async def use_key(self, op: str, args: dict[str, Any]) -> Any:
+        return await self._request("view.use_key", {"op": op, "args": args})
+
+    async def change_key(self, op: str, args: dict[str, Any]) -> Any:
+        return await self._request("view.change_key", {"op": op, "args": args})
+
+    async def fan_out(self, op: str, args: dict[str, Any] | None = None) -> list[MemberOutcome]:
+        result = await self._request("view.fan_out", {"op": op, "args": dict(args or {})})
+        outcomes = []
+        for entry in result.get("outcomes", []):
+            member = HsmMember(ServerEntry(str(entry.get("hsm")), 1))
+            member.hsm_id = str(entry.get("hsm"))
+            status = int(entry.get("status", 0))
+            if status == 0:
+                outcomes.append(MemberOutcome(member, result=entry.get("result")))
+            else:
+                outcomes.append(
+                    MemberOutcome(member, error=status_error(status, entry.get("message")))
+                )
+        return outcomes
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+        self._receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._receiver
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloudhsm-client", description="The cloudhsm-local client daemon"
+    )
+    parser.add_argument("--config", help="Client configuration (default $CLOUDHSM_CONFIG)")
+    parser.add_argument(
+        "--cluster-id", dest="cluster_id", help="Cluster to serve when several are configured"
+    )
+    parser.add_argument(
+        "--socket", help=f"Unix socket path (default ${SOCKET_ENV} or a per-user path)"
+    )
+    parser.add_argument(
+        "--socket-group", dest="socket_group", help="Group allowed to use the socket (mode 0660)"
+    )
+    parser.add_argument(
+        "--log-level", dest="log_level", default="info", choices=("error", "warn", "info", "debug")
+    )
+    return parser
+
+
+async def serve(
+    config: ClientConfig, socket_path: Path, *, cluster_id: str | None, group: str | None
+) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    config.select(cluster_id)  # refuse an ambiguous configuration before listening
+    server = DaemonServer(config, socket_path, cluster_id=cluster_id, group=group)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    log.info("cloudhsm-client listening on %s", socket_path)
+    print(f"cloudhsm-client listening on {socket_path}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    print("cloudhsm-client stopped", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    level = {"warn": "WARNING"}.get(args.log_level, args.log_level.upper())
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [%(process)d] [%(name)s] %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+        socket_path = Path(args.socket) if args.socket else default_socket_path()
+        if args.socket_group:
+            grp.getgrnam(args.socket_group)
+        asyncio.run(serve(config, socket_path, cluster_id=args.cluster_id, group=args.socket_group))
+    except KeyError:
+        print(f"cloudhsm-client: no group named {args.socket_group}", file=sys.stderr)
+        return 1
+    except ClientError as exc:
+        print(f"cloudhsm-client: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cloudhsm-client: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
