@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.config import ClientConfig, ClusterConfig, ServerEntry
+from client.config import ClientConfig, ClusterConfig, ServerEntry, load_config
 from client.connection import ChannelSettings, HsmConnection
 from client.errors import (
     ClientError,
@@ -56,6 +56,8 @@ BUSY_BACKOFF = 0.05
 #: Reconnect backoff: first delay and cap.
 RECONNECT_FIRST = 0.05
 RECONNECT_CAP = 2.0
+#: How often a watching view looks at its configuration file for membership changes.
+MEMBERSHIP_POLL = 1.0
 #: HSMs a token key must be on before it may be used (key availability check).
 KEY_AVAILABILITY_MINIMUM = 2
 
@@ -152,6 +154,7 @@ class HsmMember:
         self.logged_in = False
         self.last_error: ClientError | None = None
         self.reconnect_task: asyncio.Task[None] | None = None
+        self.removed = False
 
     @property
     def address(self) -> str:
@@ -220,6 +223,7 @@ class ClusterView:
         self._credentials: _Credentials | None = None
         self._session_key_home: dict[int, HsmMember] = {}
         self._closed = False
+        self._watch_task: asyncio.Task[None] | None = None
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -230,8 +234,14 @@ class ClusterView:
         cluster_id: str | None = None,
         *,
         connector: Connector = _default_connector,
+        watch: bool = False,
     ) -> ClusterView:
-        """Connect to every enabled HSM of the selected cluster (at least one must answer)."""
+        """Connect to every enabled HSM of the selected cluster (at least one must answer).
+
+        With ``watch`` the view follows the configuration file: HSMs added to it (as
+        ``cloudhsm-local up`` and ``cloudhsm-configure`` write it when membership changes)
+        are connected and logged in, removed ones are dropped.
+        """
         cluster = config.select(cluster_id)
         view = cls(
             cluster,
@@ -241,7 +251,62 @@ class ClusterView:
             connector=connector,
         )
         await view.connect()
+        if watch:
+            view._watch_task = asyncio.ensure_future(
+                view._watch_config(config, cluster_id or cluster.cluster_id)
+            )
         return view
+
+    async def _watch_config(self, config: ClientConfig, cluster_id: str | None) -> None:
+        path = config.path
+        try:
+            seen = path.stat().st_mtime_ns
+        except OSError:
+            seen = 0
+        while not self._closed:
+            await asyncio.sleep(MEMBERSHIP_POLL)
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if mtime == seen:
+                continue
+            seen = mtime
+            try:
+                cluster = load_config(path).select(cluster_id)
+            except ClientError as exc:
+                log.warning("ignoring the changed configuration %s: %s", path, exc)
+                continue
+            await self.update_servers(cluster.servers)
+
+    async def update_servers(self, servers: Sequence[ServerEntry]) -> None:
+        """Follow a membership change: connect new HSMs (logging in), drop removed ones."""
+        wanted = {(s.hostname, s.port): s for s in servers if s.enable}
+        for member in list(self.members):
+            if (member.server.hostname, member.server.port) not in wanted:
+                await self._drop(member)
+        present = {(m.server.hostname, m.server.port) for m in self.members}
+        added = [HsmMember(s) for key, s in wanted.items() if key not in present]
+        for member in added:
+            self.members.append(member)
+            log.info("HSM at %s joined the configuration", member.address)
+            self._schedule_reconnect(member, immediately=True)
+
+    async def _drop(self, member: HsmMember) -> None:
+        log.info("HSM %s left the configuration", member.name)
+        self.members.remove(member)
+        member.removed = True
+        if member.reconnect_task is not None:
+            member.reconnect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await member.reconnect_task
+        for reference, home in list(self._session_key_home.items()):
+            if home is member:
+                del self._session_key_home[reference]
+        connection, member.connection = member.connection, None
+        if connection is not None:
+            with contextlib.suppress(ClientError, OSError):
+                await connection.close()
 
     async def connect(self) -> None:
         results = await asyncio.gather(
@@ -279,6 +344,11 @@ class ClusterView:
         """Close every channel and stop reconnecting."""
         self._closed = True
         self._credentials = None
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch_task
+            self._watch_task = None
         for member in self.members:
             if member.reconnect_task is not None:
                 member.reconnect_task.cancel()
@@ -326,20 +396,31 @@ class ClusterView:
         with contextlib.suppress(ClientError, OSError):
             await connection.close()
 
-    def _schedule_reconnect(self, member: HsmMember) -> None:
+    def _schedule_reconnect(self, member: HsmMember, *, immediately: bool = False) -> None:
         if self._closed or (member.reconnect_task and not member.reconnect_task.done()):
             return
-        member.reconnect_task = asyncio.ensure_future(self._reconnect(member))
+        member.reconnect_task = asyncio.ensure_future(self._reconnect(member, immediately))
 
-    async def _reconnect(self, member: HsmMember) -> None:
+    def _abandoned(self, member: HsmMember) -> bool:
+        """The view closed or the HSM left the configuration while we were connecting."""
+        return self._closed or member.removed
+
+    async def _reconnect(self, member: HsmMember, immediately: bool = False) -> None:
         delay = RECONNECT_FIRST
-        while not self._closed and not member.healthy:
-            await asyncio.sleep(delay * (0.5 + random.random()))
+        while not self._closed and not member.removed and not member.healthy:
+            if not immediately:
+                await asyncio.sleep(delay * (0.5 + random.random()))
+            immediately = False
             delay = min(delay * 2, RECONNECT_CAP)
             try:
                 await self._connect_member(member)
             except ClientError:
                 continue
+            if self._abandoned(member):
+                connection, member.connection = member.connection, None
+                if connection is not None:
+                    await self._quiet_close(connection)
+                return
             credentials = self._credentials
             if credentials is not None:
                 # The client's own login is re-established; a PKCS#11 application would

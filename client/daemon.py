@@ -102,7 +102,7 @@ class ViewPool:
             if view.live_members:
                 return view
             await view.close()
-        return await ClusterView.open(self.config, self.cluster_id)
+        return await ClusterView.open(self.config, self.cluster_id, watch=True)
 
     async def give_back(self, view: ClusterView) -> None:
         if view.credentials is not None:

@@ -171,7 +171,7 @@ class AsyncSession:
         """Connect to every HSM of a configured cluster (``config`` a path, a loaded
         configuration, or None for ``$CLOUDHSM_CONFIG`` / the default path)."""
         loaded = config if isinstance(config, ClientConfig) else load_config(config)
-        return cls(await ClusterView.open(loaded, cluster_id))
+        return cls(await ClusterView.open(loaded, cluster_id, watch=True))
 
     @classmethod
     async def connect_daemon(

@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from client import cluster as cluster_module
 from client.cluster import ClusterView
 from client.config import load_config
 from client.errors import ClientError, HsmBusy
@@ -251,5 +255,51 @@ def test_a_stopped_hsm_is_failed_over_within_a_second(
                     break
                 await asyncio.sleep(0.05)
             assert view.members[0].logged_in
+
+    asyncio.run(scenario())
+
+
+def test_membership_follows_the_configuration(
+    cloudhsm_cluster: ClusterUnderTest,
+    crypto_user: Callable[[], Credentials],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bootstrapped from one address, the view joins HSMs the configuration gains (as
+    ``cloudhsm-local up`` rewrites it on ``hsm add``) and drops those it loses."""
+    monkeypatch.setattr(cluster_module, "MEMBERSHIP_POLL", 0.05)
+    user = crypto_user()
+    document = json.loads(cloudhsm_cluster.config_path.read_text())
+    servers = document["clusters"][0]["cluster"]["servers"]
+    path = tmp_path / "bootstrap.cfg"
+
+    def write(entries: list[dict[str, object]], stamp: int) -> None:
+        document["clusters"][0]["cluster"]["servers"] = entries
+        path.write_text(json.dumps(document))
+        os.utime(path, ns=(stamp, stamp))
+
+    write(servers[:1], 1_000_000_000)
+
+    async def wait_for(condition: Callable[[], bool]) -> None:
+        for _ in range(200):
+            if condition():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("condition not reached")
+
+    async def scenario() -> None:
+        view = await ClusterView.open(load_config(path), watch=True)
+        async with view:
+            await view.login(user.username, "crypto-user", user.password)
+            assert len(view.members) == 1
+            write(servers, 2_000_000_000)
+            await wait_for(
+                lambda: len(view.members) == len(servers) and all(m.logged_in for m in view.members)
+            )
+            write(servers[1:], 3_000_000_000)
+            await wait_for(lambda: len(view.members) == len(servers) - 1)
+            assert {m.server.port for m in view.members} == {s["port"] for s in servers[1:]}
+            result = await view.call(Op.CRYPTO_RANDOM, {"length": 8})
+            assert len(result["data"]) == 8
 
     asyncio.run(scenario())
