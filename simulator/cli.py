@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ from simulator.cluster import (
     CLUSTER_FILE,
     CUSTOMER_CA_FILE,
     CUSTOMER_CA_KEY_FILE,
+    DEFAULT_ALLOW_LIST,
     HSM_TYPES,
     MANUFACTURER_ROOT_FILE,
     MAX_HSMS,
@@ -178,6 +180,7 @@ async def _up(args: argparse.Namespace) -> int:
         host=args.host,
         sync_lag=args.sync_lag,
         fault_seed=args.fault_seed,
+        allow_list=args.allow or DEFAULT_ALLOW_LIST,
     )
     if reopened and len(cluster.record.hsms) != args.hsms and args.hsms_given:
         print(
@@ -434,6 +437,13 @@ def _positive_hsms(text: str) -> int:
     return value
 
 
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an address or CIDR block: {text!r}") from None
+
+
 def _add_target(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group()
     target.add_argument(
@@ -475,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--fault-seed", type=int, default=0, help="seed of the fault injection randomness"
+    )
+    up.add_argument(
+        "--allow",
+        action="append",
+        type=_network,
+        metavar="CIDR",
+        help="client addresses the server hosts admit, like a security group rule; repeat "
+        "for several (default 127.0.0.0/8 and ::1)",
     )
 
     cluster = commands.add_parser("cluster", help="control-plane operations on a running cluster")

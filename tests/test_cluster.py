@@ -457,3 +457,22 @@ def test_restart_keeps_added_hsms_child_clusters_and_backups(tmp_path: Path) -> 
         customer_pem = cluster.record.trust_anchor.encode()
         answers = _round_trip(second, customer_pem)
         assert added.hsm_id in {a["hsm-id"] for a in answers}
+
+
+def test_sync_does_not_bring_back_a_deleted_key(
+    active_cluster: tuple[ClusterThread, Operator],
+) -> None:
+    """A delete that reached one HSM only is the client's to finish, not the sync's to undo."""
+    running, operator = active_cluster
+    cluster = running.cluster
+    first, second = (h for h, _, _ in cluster.addresses())
+    _make_key(operator, first, "short-lived")
+    _wait_for(lambda: "short-lived" in operator.key_labels(second))
+    (found,) = operator.as_crypto_user(first, [("key.find", {"filter": {"label": "short-lived"}})])
+    reference = found["keys"][0]["key-reference"]
+    operator.as_crypto_user(second, [("key.delete", {"key_reference": reference})])
+    copied = cluster.sync.copied
+    time.sleep(1.0)  # five times the lag
+    assert "short-lived" not in operator.key_labels(second)
+    assert "short-lived" in operator.key_labels(first)
+    assert cluster.sync.copied == copied
