@@ -332,15 +332,13 @@ class HsmConnection:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+        # One timer per request (cheaper than asyncio.timeout on a hot path).
+        timer = self._loop.call_later(self._settings.request_timeout, self._expire, request_id, op)
         try:
-            async with asyncio.timeout(self._settings.request_timeout):
-                response = await future
-        except TimeoutError:
+            response = await future
+        finally:
+            timer.cancel()
             self._pending.pop(request_id, None)
-            raise errors.RequestTimeout(
-                f"the HSM at {self.peer} did not answer {op!r} within "
-                f"{self._settings.request_timeout} s; its outcome is unknown"
-            ) from None
         if response.status != 0:
             message = None
             if isinstance(response.result, dict):
@@ -348,6 +346,16 @@ class HsmConnection:
                 message = text if isinstance(text, str) else None
             raise errors.status_error(response.status, message)
         return response.result
+
+    def _expire(self, request_id: int, op: str) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_exception(
+                errors.RequestTimeout(
+                    f"the HSM at {self.peer} did not answer {op!r} within "
+                    f"{self._settings.request_timeout} s; its outcome is unknown"
+                )
+            )
 
     def _flush(self) -> None:
         self._flush_scheduled = False
