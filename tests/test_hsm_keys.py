@@ -355,3 +355,151 @@ def test_masked_object_from_other_cluster_refused() -> None:
     assert refused(other, s, "key.insert_masked", masked_object=masked)[0] is (
         Status.ENCRYPTED_DATA_INVALID
     )
+
+
+def test_session_keys_die_at_logout(hsm: Hsm, admin: int) -> None:
+    alice = crypto_user(hsm, admin, "alice", "alice-pass")
+    handle = aes(hsm, alice, "temp", session=True)["key-reference"]
+    call(hsm, alice, "logout")
+    call(hsm, alice, "login", username="alice", role="crypto-user", password="alice-pass")
+    assert refused(hsm, alice, "key.get", key_reference=handle)[0] is Status.INVALID_HANDLE
+
+
+def test_wrap_unwrap_roundtrip_applies_unwrap_template(hsm: Hsm, admin: int) -> None:
+    alice = crypto_user(hsm, admin, "alice")
+    wrapping = aes(
+        hsm,
+        alice,
+        "kek",
+        attributes={"wrap": True, "unwrap": True, "unwrap-template": {"decrypt": True}},
+    )["key-reference"]
+    payload = aes(hsm, alice, "payload", attributes={"encrypt": True})
+    wrapped = call(
+        hsm,
+        alice,
+        "key.wrap",
+        mechanism="aes-pkcs5-pad",
+        wrapping_key=wrapping,
+        payload_key=payload["key-reference"],
+    )
+    unwrapped = call(
+        hsm,
+        alice,
+        "key.unwrap",
+        mechanism="aes-pkcs5-pad",
+        unwrapping_key=wrapping,
+        wrapped_key_data=wrapped["wrapped_key_data"],
+        key_type="aes",
+        key_class="secret-key",
+        label="copy",
+        attributes={"encrypt": True},
+    )["key"]
+    attrs = unwrapped["attributes"]
+    assert unwrapped["key-reference"] != payload["key-reference"]
+    assert attrs["check-value"] == payload["attributes"]["check-value"]
+    assert attrs["local"] is False
+    assert attrs["decrypt"] is True  # from the unwrapping key's template
+    assert attrs["label"] == "copy"
+    # The caller's template may not contradict the unwrapping key's template.
+    status, _ = refused(
+        hsm,
+        alice,
+        "key.unwrap",
+        mechanism="aes-pkcs5-pad",
+        unwrapping_key=wrapping,
+        wrapped_key_data=wrapped["wrapped_key_data"],
+        key_type="aes",
+        key_class="secret-key",
+        attributes={"decrypt": False},
+    )
+    assert status is Status.TEMPLATE_INCONSISTENT
+
+
+def test_shared_user_cannot_wrap_someone_elses_payload(hsm: Hsm, admin: int) -> None:
+    alice = crypto_user(hsm, admin, "alice")
+    bob = crypto_user(hsm, admin, "bob")
+    wrapping = aes(hsm, alice, "kek", attributes={"wrap": True}, share_with=["bob"])
+    payload = aes(hsm, alice, "payload", share_with=["bob"])
+    status, _ = refused(
+        hsm,
+        bob,
+        "key.wrap",
+        mechanism="aes-gcm",
+        wrapping_key=wrapping["key-reference"],
+        payload_key=payload["key-reference"],
+    )
+    assert status is Status.KEY_ACCESS_DENIED
+    own = aes(hsm, bob, "bobs")
+    call(
+        hsm,
+        bob,
+        "key.wrap",
+        mechanism="aes-gcm",
+        wrapping_key=wrapping["key-reference"],
+        payload_key=own["key-reference"],
+    )
+
+
+def test_derive_through_the_core(hsm: Hsm, admin: int) -> None:
+    alice = crypto_user(hsm, admin, "alice")
+    base = call(
+        hsm,
+        alice,
+        "key.generate",
+        key_type="generic-secret",
+        key_length_bytes=32,
+        attributes={"derive": True},
+    )["key"]
+    derived = call(
+        hsm,
+        alice,
+        "key.derive",
+        mechanism="sp800-108-counter-kdf",
+        base_key=base["key-reference"],
+        params={"hash": "sha256", "label": b"l", "context": b"c"},
+        key_type="aes",
+        key_length_bytes=16,
+        label="derived",
+    )["key"]
+    assert derived["attributes"]["local"] is False
+    assert derived["attributes"]["key-length-bytes"] == 16
+    assert derived["key-info"]["key-owners"] == ["alice"]
+
+
+def test_import_public_pem_visible_to_all(hsm: Hsm, admin: int) -> None:
+    alice = crypto_user(hsm, admin, "alice")
+    bob = crypto_user(hsm, admin, "bob")
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    imported = call(
+        hsm, alice, "key.import", key_class="public-key", key_type="ec", pem=pem, label="pub"
+    )["key"]
+    assert imported["attributes"]["local"] is False
+    assert imported["attributes"]["curve"] == "secp384r1"
+    exported = call(hsm, bob, "key.export_public", key_reference=imported["key-reference"])
+    assert exported["pem"] == pem
+    assert refused(hsm, bob, "key.delete", key_reference=imported["key-reference"])[0] is (
+        Status.KEY_ACCESS_DENIED
+    )
+
+
+def test_unexpected_errors_are_generic(
+    hsm: Hsm, admin: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = crypto_user(hsm, admin, "alice")
+    handle = aes(hsm, alice)["key-reference"]
+
+    def explode(*args: object) -> bytes:
+        raise RuntimeError("secret detail 0xdeadbeef")
+
+    monkeypatch.setattr("simulator.hsm.mechanisms.mac", explode)
+    status, result = hsm.handle(
+        alice,
+        "crypto.mac",
+        {"key_reference": handle, "mechanism": "hmac", "hash": "sha256", "data": b"password"},
+    )
+    assert (status, result) == (Status.INTERNAL_ERROR, {"message": "Internal error"})
+    assert "crypto.mac" in caplog.text
+    assert "b'password'" not in caplog.text
