@@ -793,8 +793,47 @@ class LocalCluster:
             self.sync.forget(record.hsm_id)
             if self.data_dir is not None:
                 await asyncio.to_thread(shutil.rmtree, self.data_dir / "hsms" / record.hsm_id, True)
+            if self.record.state == "UNINITIALIZED" and record.serial == self.record.first_serial:
+                await self._replace_cluster_key()
             self.save()
         self._notify_membership()
+
+    async def _replace_cluster_key(self) -> None:
+        """The first HSM left before initialization: a new cluster key and CSR (spec §1.3).
+
+        A CSR signed earlier becomes useless, as on the real service. Every
+        remaining HSM's HsmCertificate is reissued for the new key.
+        """
+        new_key = await asyncio.to_thread(pki.generate_rsa_key)
+        self.cluster_key_pem = pki.private_key_pem(new_key)
+        if self.data_dir is not None:
+            pki.write_private(self.data_dir / "keys" / "cluster.key", self.cluster_key_pem)
+        for hsm_record in self.record.hsms:
+            material = self._materials[hsm_record.hsm_id]
+            material.hsm_certificate_pem = await asyncio.to_thread(
+                pki.issue_hsm_certificate,
+                material.hardware,
+                new_key,
+                hsm_record.serial,
+                self.cluster_id,
+            )
+            if self.data_dir is not None:
+                pki.write_public(
+                    self.data_dir / "hsms" / hsm_record.hsm_id / "hsm.crt",
+                    material.hsm_certificate_pem,
+                )
+            running = self.hsms.get(hsm_record.hsm_id)
+            if running is not None and running.endpoint is not None:
+                running.endpoint.set_certificate(*self._endpoint_credential(running))
+        if self.record.hsms:
+            first = self.record.hsms[0]
+            self._certify_first(self.record, new_key, self._materials[first.hsm_id])
+        else:
+            self.record.first_serial = ""
+            self.record.cluster_csr = ""
+            self.record.hsm_certificate = ""
+            self.record.aws_hardware_certificate = ""
+            self.record.manufacturer_hardware_certificate = ""
 
     # -- backups -------------------------------------------------------------------
 

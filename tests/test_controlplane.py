@@ -367,3 +367,31 @@ def test_fault_operations_over_the_wire(fresh: ClusterThread) -> None:
     assert "is not in cluster" in body["message"]
     status, body = _raw(fresh, "CloudHsmLocal.ClearFaults", b"{}")
     assert body == {"seed": 0, "sync_paused": False, "hsms": {}}
+
+
+def test_replacing_the_first_hsm_before_initialization_replaces_the_csr() -> None:
+    """Spec §1.3: the cluster key and CSR follow the first HSM; an earlier signature is useless."""
+    with ClusterThread(None, hsms=2) as running:
+        client = _client(running)
+        cluster_id = running.cluster.cluster_id
+        before = client.describe_clusters()["Clusters"][0]
+        ca = pki.generate_customer_ca()
+        stale = pki.sign_cluster_csr(before["Certificates"]["ClusterCsr"].encode(), ca).decode()
+        client.delete_hsm(ClusterId=cluster_id, HsmId=before["Hsms"][0]["HsmId"])
+        after = client.describe_clusters()["Clusters"][0]
+        assert after["Certificates"]["ClusterCsr"] != before["Certificates"]["ClusterCsr"]
+        assert after["Certificates"]["HsmCertificate"] != before["Certificates"]["HsmCertificate"]
+        code, message = _error(
+            client.initialize_cluster,
+            ClusterId=cluster_id,
+            SignedCert=stale,
+            TrustAnchor=ca.cert_pem.decode(),
+        )
+        assert code == "CloudHsmInvalidRequestException"
+        assert "public key differs" in message
+        fresh_cert = pki.sign_cluster_csr(after["Certificates"]["ClusterCsr"].encode(), ca).decode()
+        client.initialize_cluster(
+            ClusterId=cluster_id, SignedCert=fresh_cert, TrustAnchor=ca.cert_pem.decode()
+        )
+        running.run(running.cluster.wait_initialized())
+        assert client.describe_clusters()["Clusters"][0]["State"] == "INITIALIZED"
