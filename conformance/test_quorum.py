@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from fixtures.clients import CloudHsmCli, Credentials, InteractiveCli, admin_credentials
 from fixtures.cluster import ClusterFactory, ClusterUnderTest
+from fixtures.faults import FaultsFactory
 from fixtures.users import UserNames
 
 pytestmark = [pytest.mark.conformance("quorum"), pytest.mark.local_target]
@@ -285,3 +287,86 @@ def test_delete_tokens(quorum_cluster: QuorumCluster) -> None:
         == "Deletion of quorum token(s) successful"
     )
     assert q.shell.ok("quorum", "token-sign", "list")["tokens"] == []
+
+
+def test_key_usage_quorum_on_a_shared_key(
+    cluster_factory: ClusterFactory,
+    cluster_faults: FaultsFactory,
+    interactive_cli: Callable[..., InteractiveCli],
+    user_names: UserNames,
+    tmp_path: Path,
+) -> None:
+    """A private key generated with `--use-private-key-quorum-value 2` and shared with a
+    second crypto user signs only with a key-usage token approved by both users; without it,
+    `Quorum approval is required for this operation`. A quorum value above the key's users
+    (owner and shared) is refused with `Invalid quorum value provided.`"""
+    # One HSM, so the key availability check is turned off, as on a real one-HSM cluster.
+    cluster = cluster_faults(cluster_factory(hsms=1)).view_of(key_availability_check=False)
+    admin = CloudHsmCli(cluster, admin_credentials(cluster))
+    owner, partner = (
+        Credentials(user_names.username(prefix), user_names.password(), "crypto-user")
+        for prefix in ("owner_", "partner_")
+    )
+    for user in (owner, partner):
+        admin.ok(
+            "user",
+            "create",
+            "--username",
+            user.username,
+            "--role",
+            "crypto-user",
+            "--password",
+            user.password,
+        )
+    partner_shell = interactive_cli(cluster)
+    partner_shell.login(partner)
+    partner_key = register_quorum_key(partner_shell, partner, tmp_path)
+    shell = interactive_cli(cluster)
+    shell.login(owner)
+    owner_key = register_quorum_key(shell, owner, tmp_path)
+    q = QuorumCluster(
+        cluster,
+        shell,
+        [Approver(owner, owner_key), Approver(partner, partner_key)],
+        tmp_path,
+        user_names,
+    )
+
+    def generate_pair(label: str, quorum: str, *share: str) -> dict[str, Any]:
+        return shell(
+            "key",
+            "generate-asymmetric-pair",
+            "ec",
+            "--curve",
+            "secp256r1",
+            "--public-label",
+            f"{label}-public",
+            "--private-label",
+            f"{label}-private",
+            "--private-attributes",
+            "sign=true",
+            "--use-private-key-quorum-value",
+            quorum,
+            *share,
+        )
+
+    refused = generate_pair("lonely", "2")
+    assert (refused["error_code"], refused["data"]) == (1, "Invalid quorum value provided.")
+    pair = generate_pair("dual-control", "2", "--share-crypto-users", partner.username)
+    assert pair["error_code"] == 0, pair["data"]
+    private = pair["data"]["private_key"]["key-reference"]
+    sign = (
+        "crypto",
+        "sign",
+        "ecdsa",
+        "--key-filter",
+        f"key-reference={private}",
+        "--hash-function",
+        "sha256",
+        "--data",
+        base64.b64encode(b"wire 1,000,000.00 EUR").decode(),
+    )
+    assert shell.error(*sign) == QUORUM_REQUIRED
+    approval = q.approve(q.generate("key-usage"), q.approvers)
+    assert shell.ok(*sign, "--approval", str(approval))["signature"]
+    assert shell.error(*sign, "--approval", str(approval)) == QUORUM_REQUIRED
