@@ -247,3 +247,16 @@ def test_group_commit_failure_reports_and_reloads(tmp_path: Path) -> None:
     assert call(hsm, alice, "session.whoami") is None
     call(hsm, alice, "login", username="alice", role="crypto-user", password="alice-pass")
     assert call(hsm, alice, "key.find")["keys"] == []
+
+
+def test_restore_refuses_a_used_store_but_reuses_an_empty_one(tmp_path: Path) -> None:
+    snapshot = activated_hsm().export_snapshot()
+    used = tmp_path / "used.db"
+    activated_hsm(used).close()
+    with pytest.raises(Exception, match="new \\(or empty\\) store"):
+        Hsm.from_snapshot(identity(), used, MASKING_KEY, snapshot)
+    empty = tmp_path / "empty.db"
+    open_hsm(empty).close()  # as if a restore died before its commit
+    restored = Hsm.from_snapshot(identity(), empty, MASKING_KEY, snapshot, scrypt_n=TEST_SCRYPT_N)
+    assert restored.activated
+    restored.close()

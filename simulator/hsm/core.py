@@ -270,10 +270,11 @@ class Hsm:
     ) -> Hsm:
         """A new HSM whose state is a restore of ``snapshot_bytes`` (its own store and ids)."""
         content = snapshot.open_snapshot(snapshot_bytes, masking_key, identity.cluster_id)
-        if path is not None and Path(path).exists():
-            raise SimulatorError("a restore needs a new store file")
         store = Store.open(path, masking_key, identity.hsm_id)
         try:
+            # A file left by a restore that crashed before its commit is empty: reuse it.
+            if store.get_meta("initialized") is not None or store.user_rows():
+                raise SimulatorError("a restore needs a new (or empty) store file")
             with store.transaction():
                 store.set_meta("cluster_id", identity.cluster_id)
                 store.set_meta("reboot_counter", 0)
