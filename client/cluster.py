@@ -56,6 +56,8 @@ BUSY_BACKOFF = 0.05
 #: Reconnect backoff: first delay and cap.
 RECONNECT_FIRST = 0.05
 RECONNECT_CAP = 2.0
+#: How long a passed key availability check is trusted before asking the HSMs again.
+KEY_AVAILABILITY_TTL = 5.0
 #: How often a watching view looks at its configuration file for membership changes.
 MEMBERSHIP_POLL = 1.0
 #: HSMs a token key must be on before it may be used (key availability check).
@@ -224,6 +226,8 @@ class ClusterView:
         self._session_key_home: dict[int, HsmMember] = {}
         self._closed = False
         self._watch_task: asyncio.Task[None] | None = None
+        #: Token keys recently seen on enough HSMs (key reference -> loop time of the check).
+        self._available: dict[int, float] = {}
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -627,6 +631,8 @@ class ClusterView:
                     outcome.member.name,
                     outcome.error,
                 )
+        if 1 + sum(1 for o in outcomes if o.ok) >= KEY_AVAILABILITY_MINIMUM:
+            self._available[reference] = asyncio.get_running_loop().time()
         return outcomes
 
     async def key_holders(self, reference: int) -> tuple[list[HsmMember], bool]:
@@ -655,24 +661,56 @@ class ClusterView:
             reference = args.get(name)
             if not isinstance(reference, int):
                 continue
+            checked = self._available.get(reference)
+            now = asyncio.get_running_loop().time()
+            if checked is not None and now - checked < KEY_AVAILABILITY_TTL:
+                continue
             holders, token = await self.key_holders(reference)
             if token and len(holders) < KEY_AVAILABILITY_MINIMUM:
                 raise status_error(Status.KEY_UNAVAILABLE)
+            self._available[reference] = now
 
     async def use_key(self, op: str, args: dict[str, Any]) -> Any:
-        """A request that uses keys: availability check, then the least-loaded holder."""
-        if op in KEY_CREATING_OPS:
-            if self.key_availability_check:
-                await self.require_available(args, op)
-            return await self.create_key(op, args)
+        """A request that uses keys: availability check, then the least-loaded HSM; if that
+        HSM does not hold the key yet (made elsewhere, not synced), one that does."""
         if self.key_availability_check:
             await self.require_available(args, op)
-        return await self.call(op, args)
+        if op in KEY_CREATING_OPS:
+            return await self.create_key(op, args)
+        try:
+            return await self.call(op, args)
+        except HsmStatusError as exc:
+            if exc.status != Status.INVALID_HANDLE:
+                raise
+            for name in KEY_USING_OPS.get(op, ()):
+                if isinstance(args.get(name), int):
+                    self._available.pop(args[name], None)
+            holders = await self._holders_of_all(op, args)
+            if not holders:
+                raise
+            least = min(holders, key=lambda member: member.outstanding)
+            return await self._call_member(least, op, args)
+
+    async def _holders_of_all(self, op: str, args: dict[str, Any]) -> list[HsmMember]:
+        """The HSMs that hold every key a request names."""
+        holders: list[HsmMember] | None = None
+        for name in KEY_USING_OPS.get(op, ()):
+            reference = args.get(name)
+            if not isinstance(reference, int):
+                continue
+            try:
+                found, _token = await self.key_holders(reference)
+            except ClientError:
+                return []
+            holders = found if holders is None else [m for m in holders if m in found]
+        return holders or []
 
     async def change_key(self, op: str, args: dict[str, Any]) -> Any:
         """Delete, share, unshare or set an attribute: on every HSM holding the key."""
         reference = args.get("key_reference")
         home = self._session_key_home.get(reference) if isinstance(reference, int) else None
+        if isinstance(reference, int) and op == Op.KEY_DELETE:
+            self._available.pop(reference, None)
         if home is not None:
             result = await self._call_member(home, op, args)
             if op == Op.KEY_DELETE:

@@ -15,7 +15,7 @@ import pytest
 from client import cluster as cluster_module
 from client.cluster import ClusterView
 from client.config import load_config
-from client.errors import ClientError, HsmBusy
+from client.errors import ClientError, HsmBusy, KeyUnavailable
 from fixtures.clients import Credentials
 from fixtures.cluster import ClusterUnderTest
 from protocol.ops import Op
@@ -303,3 +303,80 @@ def test_membership_follows_the_configuration(
             assert len(result["data"]) == 8
 
     asyncio.run(scenario())
+
+
+def test_key_not_yet_synced_fails_the_check_and_is_found_without_it(
+    cluster_factory: Callable[..., ClusterUnderTest], tmp_path: Path
+) -> None:
+    from fixtures.clients import run_cli
+
+    cluster = cluster_factory(hsms=2)
+    controls = cluster.require_local()
+
+    async def pause() -> None:
+        controls.cluster.faults.pause_sync()
+
+    async def resume() -> None:
+        controls.cluster.faults.resume_sync()
+
+    created = run_cli(
+        cluster.config_path,
+        [
+            "user",
+            "create",
+            "--username",
+            "lagging",
+            "--role",
+            "crypto-user",
+            "--password",
+            "lagging-pw",
+        ],
+        role="admin",
+        pin=f"{cluster.admin_username}:{cluster.admin_password}",
+    )
+    assert created["error_code"] == 0, created
+    document = json.loads(cluster.config_path.read_text())
+    document["disable_key_availability_check"] = True
+    unchecked = tmp_path / "unchecked.cfg"
+    unchecked.write_text(json.dumps(document))
+    document["clusters"][0]["cluster"]["servers"] = document["clusters"][0]["cluster"]["servers"][
+        :1
+    ]
+    only_first = tmp_path / "first.cfg"
+    only_first.write_text(json.dumps(document))
+    controls.run(pause())
+
+    async def scenario() -> None:
+        async with await ClusterView.open(load_config(only_first)) as maker:
+            await maker.login("lagging", "crypto-user", "lagging-pw")
+            made = await maker.use_key(
+                Op.KEY_GENERATE,
+                {
+                    "key_type": "generic-secret",
+                    "key_length_bytes": 32,
+                    "label": "lagging",
+                    "attributes": {"sign": True},
+                },
+            )
+        reference = made["key"]["key-reference"]
+        mac_args = {"key_reference": reference, "mechanism": "hmac", "hash": "sha256", "data": b"x"}
+        async with await ClusterView.open(load_config(cluster.config_path)) as checked:
+            await checked.login("lagging", "crypto-user", "lagging-pw")
+            try:
+                await checked.use_key(Op.CRYPTO_MAC, mac_args)
+            except KeyUnavailable as exc:
+                unavailable: KeyUnavailable | None = exc
+            else:
+                unavailable = None
+            assert unavailable is not None
+        async with await ClusterView.open(load_config(unchecked)) as relaxed:
+            await relaxed.login("lagging", "crypto-user", "lagging-pw")
+            macs = await asyncio.gather(
+                *(relaxed.use_key(Op.CRYPTO_MAC, mac_args) for _ in range(6))
+            )
+            assert len({m["mac"] for m in macs}) == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        controls.run(resume())
