@@ -503,3 +503,17 @@ def test_unexpected_errors_are_generic(
     assert (status, result) == (Status.INTERNAL_ERROR, {"message": "Internal error"})
     assert "crypto.mac" in caplog.text
     assert "b'password'" not in caplog.text
+
+
+def test_key_quota_hsm1_at_the_real_limit() -> None:
+    hsm = activated_hsm(hsm_type="hsm1.medium")
+    admin = admin_session(hsm)
+    alice = crypto_user(hsm, admin, "alice")
+    requests = [
+        (alice, "key.generate", {"key_type": "aes", "key_length_bytes": 16, "session": True})
+    ] * 3300
+    assert {status for status, _ in hsm.handle_batch(requests)} == {Status.SUCCESS}
+    assert refused(hsm, alice, "key.generate", key_type="aes", key_length_bytes=16) == (
+        Status.KEY_QUOTA_EXCEEDED,
+        "Maximum number of keys reached",
+    )
