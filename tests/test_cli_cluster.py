@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fixtures.clients import CloudHsmCli, Credentials, run_cli
@@ -106,3 +107,25 @@ def test_missing_config_is_a_precise_error(tmp_path: Path) -> None:
     envelope = run_cli(missing, ["user", "list"])
     assert envelope["error_code"] == 1
     assert envelope["data"] == f"Configuration file {missing} does not exist"
+
+
+def test_several_clusters_need_cluster_id(
+    cloudhsm_cluster: ClusterUnderTest, tmp_path: Path
+) -> None:
+    document = json.loads(cloudhsm_cluster.config_path.read_text())
+    entry = document["clusters"][0]
+    entry["cluster"]["cluster_id"] = cloudhsm_cluster.cluster_id
+    other = json.loads(json.dumps(entry))
+    other["cluster"]["cluster_id"] = "cluster-zzzzzzzzzzz"
+    document["clusters"].append(other)
+    path = tmp_path / "two.cfg"
+    path.write_text(json.dumps(document))
+    refused = run_cli(path, ["user", "list"])
+    assert refused["error_code"] == 1
+    assert "choose one with --cluster-id" in refused["data"]
+    chosen = run_cli(path, ["user", "list", "--cluster-id", cloudhsm_cluster.cluster_id])
+    assert chosen["error_code"] == 0
+    # The second entry points at the same HSMs, which belong to another cluster: refused.
+    wrong = run_cli(path, ["user", "list", "--cluster-id", "cluster-zzzzzzzzzzz"])
+    assert wrong["error_code"] == 1
+    assert "cluster-zzzzzzzzzzz" in wrong["data"]
