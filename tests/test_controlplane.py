@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -13,9 +14,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulator import pki
 from simulator.cluster import ClusterThread
+from simulator.controlplane import MAX_HEADER_BYTES, HttpError, HttpRequest, read_request
 
 
 def _client(running: ClusterThread) -> Any:
@@ -395,3 +399,37 @@ def test_replacing_the_first_hsm_before_initialization_replaces_the_csr() -> Non
         )
         running.run(running.cluster.wait_initialized())
         assert client.describe_clusters()["Clusters"][0]["State"] == "INITIALIZED"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=512),
+        st.builds(
+            lambda line, headers, body: line + headers + b"\r\n\r\n" + body,
+            st.sampled_from([b"POST / HTTP/1.1\r\n", b"GET /x HTTP/1.0\r\n", b"BREW\r\n"]),
+            st.binary(max_size=128),
+            st.binary(max_size=128),
+        ),
+    )
+)
+def test_http_reader_answers_any_bytes_with_a_request_or_an_http_error(data: bytes) -> None:
+    """The control plane's HTTP reader never fails in any other way, whatever arrives."""
+
+    async def read() -> HttpRequest | None:
+        reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES)
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await read_request(reader)
+
+    outcome: HttpRequest | HttpError | None
+    try:
+        outcome = asyncio.run(read())
+    except HttpError as exc:
+        outcome = exc
+    except asyncio.IncompleteReadError:
+        return  # a declared body longer than what arrived: the connection just ends
+    if isinstance(outcome, HttpError):
+        assert 400 <= outcome.status < 600
+    else:
+        assert outcome is None or outcome.method
