@@ -105,6 +105,8 @@ class CliContext:
         self.prompt_stream.write(prompt)
         self.prompt_stream.flush()
         line = self.stdin.readline()
+        # A terminal would echo the Enter key; piped input does not, so end the line here.
+        self.prompt_stream.write("\n")
         if not line:
             raise CliError("No password was provided")
         return line.rstrip("\r\n")
@@ -114,6 +116,8 @@ class CliContext:
         self.prompt_stream.write(prompt)
         self.prompt_stream.flush()
         line = self.stdin.readline()
+        if not self.stdin.isatty():
+            self.prompt_stream.write("\n")
         if not line:
             raise CliError(f"No answer to: {prompt}")
         return line.strip()

@@ -31,9 +31,15 @@ from protocol.status import Status
 _USER_FIELDS = ("role", "locked", "mfa", "quorum")
 
 
+#: How the CLI names roles in ``user list`` (the appliance user shows as the AWS CLI shows it).
+_ROLE_NAMES = {"appliance": "internal(APPLIANCE_USER)"}
+
+
 def _render_field(name: str, value: Any) -> Any:
     if name == "locked" and isinstance(value, bool):
         return "true" if value else "false"
+    if name == "role" and isinstance(value, str):
+        return _ROLE_NAMES.get(value, value)
     return value
 
 
