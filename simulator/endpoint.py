@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import ssl
 import tempfile
@@ -48,6 +49,8 @@ from protocol.ops import Op
 from protocol.status import Status
 from protocol.tls import TlsPump
 from simulator.errors import SimulatorError
+
+_log = logging.getLogger(__name__)
 
 #: Longest a finished answer waits on the HSM's thread for the ones after it.
 RESPONSE_COALESCE_SECONDS = 0.001
@@ -318,6 +321,8 @@ class EndpointChannel:
             status, result = self._endpoint.hsm.handle(self._session, request.op, request.args)
             return encode_message(Response(request.id, int(status), result))
         except Exception:  # the HSM must never crash the channel
+            # No arguments in the log: they may hold passwords or key material.
+            _log.exception("request %r failed inside the endpoint", request.op[:64])
             return encode_message(
                 Response(
                     request.id,
