@@ -51,6 +51,10 @@ class BackupError(SimulatorError):
         super().__init__(message)
 
 
+class BackupStateError(BackupError):
+    """The backup exists but is in the wrong state for the operation."""
+
+
 @dataclass
 class BackupRecord:
     """What DescribeBackups shows (BOTO shape ``Backup``)."""
@@ -175,7 +179,7 @@ class BackupVault:
     def content(self, backup_id: str) -> BackupContent:
         record = self.record(backup_id)
         if record.state != "READY":
-            raise BackupError(f"The backup {backup_id} is in state {record.state}, not READY.")
+            raise BackupStateError(f"The backup {backup_id} is in state {record.state}, not READY.")
         if self.directory is None:
             sealed = self._memory[backup_id]
         else:
@@ -187,6 +191,39 @@ class BackupVault:
         except InvalidTag:
             raise BackupError(f"The backup {backup_id} is damaged or not this vault's.") from None
         return BackupContent.from_bytes(plain)
+
+    def delete(self, backup_id: str) -> BackupRecord:
+        """DeleteBackup: READY → PENDING_DELETION (restorable for 7 days on the service)."""
+        record = self.record(backup_id)
+        if record.state != "READY":
+            raise BackupStateError(
+                f"The backup {backup_id} is in state {record.state}; only a READY backup can be "
+                "deleted."
+            )
+        record.state = "PENDING_DELETION"
+        record.delete_timestamp = round(time.time(), 3)
+        self._save(record)
+        return record
+
+    def restore(self, backup_id: str) -> BackupRecord:
+        """RestoreBackup: PENDING_DELETION → READY."""
+        record = self.record(backup_id)
+        if record.state != "PENDING_DELETION":
+            raise BackupStateError(
+                f"The backup {backup_id} is in state {record.state}; only a backup pending "
+                "deletion can be restored."
+            )
+        record.state = "READY"
+        record.delete_timestamp = None
+        self._save(record)
+        return record
+
+    def set_never_expires(self, backup_id: str, never_expires: bool) -> BackupRecord:
+        """ModifyBackupAttributes."""
+        record = self.record(backup_id)
+        record.never_expires = never_expires
+        self._save(record)
+        return record
 
     def latest_for(self, cluster_id: str) -> BackupRecord | None:
         ready = [r for r in self.records() if r.cluster_id == cluster_id and r.state == "READY"]

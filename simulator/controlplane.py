@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from simulator import ids, pki
 
 if TYPE_CHECKING:
+    from simulator.backup import BackupRecord, BackupVault
     from simulator.cluster import LocalCluster
 
 #: Largest request line plus headers we read. botocore sends well under 2 KiB.
@@ -221,6 +222,9 @@ class ControlPlane:
             "CreateCluster": self.create_cluster,
             "DeleteCluster": self.delete_cluster,
             "DescribeBackups": self.describe_backups,
+            "DeleteBackup": self.delete_backup,
+            "RestoreBackup": self.restore_backup,
+            "ModifyBackupAttributes": self.modify_backup_attributes,
         }
         self.local_operations: dict[str, Operation] = {
             "DescribeFaults": self.describe_faults,
@@ -244,7 +248,7 @@ class ControlPlane:
 
     async def _guard(self, work: Awaitable[_R]) -> _R:
         """Turn the simulator's refusals into the API's exceptions."""
-        from simulator.backup import BackupError
+        from simulator.backup import BackupError, BackupStateError
         from simulator.cluster import ClusterError, ClusterNotFoundError
         from simulator.faults import FaultError
 
@@ -252,6 +256,8 @@ class ControlPlane:
             return await work
         except ClusterNotFoundError as exc:
             raise not_found(exc.message) from None
+        except BackupStateError as exc:
+            raise invalid_request(exc.message) from None
         except BackupError as exc:
             raise not_found(exc.message) from None
         except (pki.CertificateRejected, ClusterError, FaultError) as exc:
@@ -357,6 +363,45 @@ class ControlPlane:
         if body.get("SortAscending") is False:
             backups.reverse()
         return paginate(backups, body, "Backups", MAX_BACKUPS_PAGE)
+
+    def _backup_id(self, body: dict[str, Any]) -> str:
+        value = _require_string(body, "BackupId")
+        assert value is not None
+        if not ids.is_backup_id(value):
+            raise invalid_request(
+                f"1 validation error detected: Value '{value}' at 'backupId' failed to satisfy "
+                "constraint: Member must satisfy regular expression pattern: "
+                "backup-[2-7a-zA-Z]{11,16}"
+            )
+        return value
+
+    async def _on_vault(self, change: Callable[[BackupVault], BackupRecord]) -> dict[str, Any]:
+        if self.root is None:
+            raise invalid_request("This control plane keeps no backups.")
+        vault = self.root.vault
+
+        async def run() -> BackupRecord:
+            return change(vault)
+
+        return {"Backup": (await self._guard(run())).describe()}
+
+    async def delete_backup(self, body: dict[str, Any]) -> dict[str, Any]:
+        backup_id = self._backup_id(body)
+        return await self._on_vault(lambda vault: vault.delete(backup_id))
+
+    async def restore_backup(self, body: dict[str, Any]) -> dict[str, Any]:
+        backup_id = self._backup_id(body)
+        return await self._on_vault(lambda vault: vault.restore(backup_id))
+
+    async def modify_backup_attributes(self, body: dict[str, Any]) -> dict[str, Any]:
+        backup_id = self._backup_id(body)
+        never_expires = body.get("NeverExpires")
+        if not isinstance(never_expires, bool):
+            raise invalid_request(
+                "1 validation error detected: Value null at 'neverExpires' failed to satisfy "
+                "constraint: Member must not be null"
+            )
+        return await self._on_vault(lambda vault: vault.set_never_expires(backup_id, never_expires))
 
     # -- cloudhsm-local's own: faults ----------------------------------------------
 

@@ -433,3 +433,33 @@ def test_http_reader_answers_any_bytes_with_a_request_or_an_http_error(data: byt
         assert 400 <= outcome.status < 600
     else:
         assert outcome is None or outcome.method
+
+
+def test_backup_lifecycle_through_boto3(fresh: ClusterThread) -> None:
+    client = _client(fresh)
+    fresh.initialize_default()
+    backup_id = fresh.run(fresh.cluster.take_backup()).backup_id
+    deleted = client.delete_backup(BackupId=backup_id)["Backup"]
+    assert deleted["BackupState"] == "PENDING_DELETION"
+    assert "DeleteTimestamp" in deleted
+    code, message = _error(
+        client.create_cluster,
+        HsmType="hsm2m.medium",
+        SubnetIds=["subnet-0123456789abcdef0"],
+        SourceBackupId=backup_id,
+    )
+    assert code == "CloudHsmInvalidRequestException"
+    assert "PENDING_DELETION, not READY" in message
+    code, _ = _error(client.delete_backup, BackupId=backup_id)
+    assert code == "CloudHsmInvalidRequestException"
+    assert client.restore_backup(BackupId=backup_id)["Backup"]["BackupState"] == "READY"
+    code, _ = _error(client.restore_backup, BackupId=backup_id)
+    assert code == "CloudHsmInvalidRequestException"
+    modified = client.modify_backup_attributes(BackupId=backup_id, NeverExpires=True)["Backup"]
+    assert modified["NeverExpires"] is True
+    assert (
+        client.describe_backups(Filters={"neverExpires": ["true"]})["Backups"][0]["BackupId"]
+        == backup_id
+    )
+    code, _ = _error(client.delete_backup, BackupId="backup-aaaaaaaaaaa")
+    assert code == "CloudHsmResourceNotFoundException"
