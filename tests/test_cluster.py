@@ -476,3 +476,25 @@ def test_sync_does_not_bring_back_a_deleted_key(
     assert "short-lived" not in operator.key_labels(second)
     assert "short-lived" in operator.key_labels(first)
     assert cluster.sync.copied == copied
+
+
+def test_parking_a_cluster_restores_its_last_backup(
+    active_cluster: tuple[ClusterThread, Operator],
+) -> None:
+    """Spec §10.1: deleting the last HSM backs it up; the next HSM restores that backup."""
+    from simulator.sync import _as_appliance
+
+    running, operator = active_cluster
+    cluster = running.cluster
+    first, second = (h for h, _, _ in cluster.addresses())
+    _make_key(operator, first, "parked")
+    _wait_for(lambda: "parked" in operator.key_labels(second))
+    digests = _as_appliance(Op.KEY_DIGESTS, {})
+    held = running.run(cluster.hsms[second].call(digests))["keys"]
+    running.run(cluster.remove_hsm(first))
+    running.run(cluster.remove_hsm(second))
+    assert cluster.addresses() == []
+    assert running.run(cluster.describe())["State"] == "ACTIVE"
+    revived = running.run(cluster.add_hsm())
+    assert running.run(cluster.hsms[revived.hsm_id].call(digests))["keys"] == held
+    assert "parked" in operator.key_labels(revived.hsm_id)
