@@ -66,6 +66,17 @@ def test_cluster_certificate_from_another_ca(
     assert target.hello.hsm_id in message
 
 
+def test_uninitialized_hsm_presents_its_hsm_certificate(
+    make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
+) -> None:
+    """Before InitializeCluster the HSM can only show the vendor-issued HsmCertificate."""
+    target = make_single_hsm_target(
+        cluster_credential=bad_certificates.hsm_certificate_before_initialization()
+    )
+    error = _refused(target, errors.ClusterCertificateUntrusted)
+    assert "was not issued by the CA in" in str(error)
+
+
 def test_cluster_certificate_expired(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:

@@ -234,6 +234,11 @@ class EndpointChannel:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def established(self) -> bool:
+        """The inner TLS handshake is complete."""
+        return self._pump.handshake_done
+
     # -- inbound (event loop) ----------------------------------------------------
 
     def receive_tls(self, data: bytes) -> None:

@@ -212,6 +212,10 @@ class _Connection(asyncio.Protocol):
                 encode_hello_ack(HelloInfo(hello.cluster_id, hello.hsm_id, version=version))
             )
             self._stage = _Stage.OPENING
+            # The inner handshake gets the same bound as the outer one.
+            self._timer = asyncio.get_running_loop().call_later(
+                TLS_HANDSHAKE_TIMEOUT, self._inner_timed_out
+            )
             task = asyncio.get_running_loop().create_task(self._open_channel())
             self._host._tasks.add(task)
             task.add_done_callback(self._host._tasks.discard)
@@ -237,6 +241,14 @@ class _Connection(asyncio.Protocol):
         early, self._early_tls = self._early_tls, []
         for payload in early:
             channel.receive_tls(payload)
+
+    def _inner_timed_out(self) -> None:
+        if self.closed or (self._channel is not None and self._channel.established):
+            return
+        self.refuse(
+            HostErrorCode.PROTOCOL_ERROR,
+            f"no TLS handshake with the HSM within {TLS_HANDSHAKE_TIMEOUT} s",
+        )
 
     def _timed_out(self) -> None:
         if self._stage is _Stage.HANDSHAKE:

@@ -157,3 +157,31 @@ def test_status_errors_cover_every_status() -> None:
     unknown = errors.status_error(0x7777, None)
     assert type(unknown) is errors.HsmStatusError
     assert "0x7777" in str(unknown)
+
+
+def test_large_requests_span_frames(single_hsm_target: SingleHsmTarget) -> None:
+    target = single_hsm_target
+    padding = bytes(range(256)) * 2000  # 512,000 bytes: several TLS records and frames
+
+    async def scenario() -> None:
+        async with await HsmConnection.open(target.host, target.port, target.settings) as conn:
+            # Unknown argument keys are ignored: the big request still gets its answer.
+            results = await asyncio.gather(
+                *(conn.call("hsm.info", {"padding": padding}) for _ in range(3))
+            )
+            assert all(r["hsm-id"] == target.hello.hsm_id for r in results)
+
+    asyncio.run(scenario())
+
+
+def test_oversized_request_is_refused_locally(single_hsm_target: SingleHsmTarget) -> None:
+    target = single_hsm_target
+
+    async def scenario() -> None:
+        async with await HsmConnection.open(target.host, target.port, target.settings) as conn:
+            with pytest.raises(errors.ClientError, match="cannot be encoded"):
+                await conn.call("hsm.info", {"padding": b"\x00" * (2 * 1024 * 1024)})
+            assert (await conn.call("hsm.info"))["hsm-id"] == target.hello.hsm_id
+
+    asyncio.run(scenario())
+    assert target.hsm.ops == ["hsm.info"]

@@ -14,7 +14,7 @@ from client import errors
 from client.connection import HsmConnection
 from fixtures.trust import RawHostConnection, SingleHsmTarget, TargetFactory
 from protocol.channel import encode_hello, parse_host_error
-from protocol.framing import FrameType, HostErrorCode
+from protocol.framing import Frame, FrameType, HostErrorCode
 from simulator import host as host_module
 from simulator.endpoint import EndpointError, HsmEndpoint
 
@@ -169,3 +169,26 @@ def test_endpoint_refuses_a_key_that_does_not_match(single_hsm_target: SingleHsm
         single_hsm_target.endpoint.set_certificate(chain, other.key_pem)
     with pytest.raises(EndpointError, match="unusable"):
         single_hsm_target.endpoint.set_certificate(b"garbage", other.key_pem)
+
+
+def test_inner_handshake_must_come_promptly(
+    single_hsm_target: SingleHsmTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host_module, "TLS_HANDSHAKE_TIMEOUT", 0.5)
+    target = single_hsm_target
+
+    async def scenario() -> list[Frame]:
+        raw = await RawHostConnection.open(target.host, target.port, target.aws_root.cert_pem)
+        try:
+            await raw.send(encode_hello("silent"))
+            async with asyncio.timeout(10):
+                return await raw.frames_until_closed()
+        finally:
+            await raw.close()
+
+    frames = asyncio.run(scenario())
+    assert [f.type for f in frames] == [FrameType.HELLO_ACK, FrameType.HOST_ERROR]
+    refusal = parse_host_error(frames[1])
+    assert refusal.code is HostErrorCode.PROTOCOL_ERROR
+    assert "no TLS handshake with the HSM within 0.5 s" in refusal.message
+    assert target.endpoint.channel_count == 0
