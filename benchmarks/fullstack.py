@@ -1,0 +1,289 @@
+"""RSA-2048 and ECDSA P-256 signing through the whole stack, against in-process baselines.
+
+One run measures, on the same machine:
+
+* ``cryptography`` in process, one thread, signing directly;
+* SoftHSMv2 through python-pkcs11, one thread (see :mod:`benchmarks._softhsm`; skipped
+  with the reason printed when SoftHSM is not installed);
+* the full stack: :class:`client.AsyncSession` (library) → cluster view → end-to-end
+  channel (outer TLS to the server host, inner TLS 1.3 to the HSM) → the simulated HSM,
+  with 32 requests in flight, on clusters of 1, 2 and 3 HSMs started in this process
+  (:class:`simulator.cluster.ClusterThread` on loopback, initialized, activated, one
+  crypto user, one RSA and one EC key pair made through the library and cloned to every
+  HSM).
+
+The key availability check refuses a token key held by fewer than 2 HSMs, so the 1-HSM
+cluster is measured with ``disable_key_availability_check`` (as a one-HSM cluster must be
+configured on the real service). The 2- and 3-HSM clusters are measured both ways: the
+shipped default (check on) and check off, because the check costs a ``key.get`` to every
+HSM before each signature.
+
+Targets (issue 4): RSA-2048 sign through the full stack ≥ 1× SoftHSMv2's rate; ECDSA P-256
+sign ≥ 0.3× SoftHSMv2's. Figures are only comparable within one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from benchmarks import _softhsm
+from client import AsyncSession
+from client.config import ClientConfig, load_config
+from protocol.ops import Op
+from simulator.cluster import ClusterThread
+
+IN_FLIGHT = 32
+HSM_COUNTS = (1, 2, 3)
+#: Seconds each rate is measured for (after a short warm-up).
+DURATION = 2.0
+RSA_TARGET = 1.0
+ECDSA_TARGET = 0.3
+MESSAGE = _softhsm.MESSAGE
+
+ADMIN_PASSWORD = "bench-admin-password"
+CRYPTO_USER = ("bench_crypto", "bench-crypto-password")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One signing operation as each path names it."""
+
+    title: str
+    mechanism: str  # the HSM's mechanism name
+    target: float  # the goal, as a ratio to SoftHSMv2's rate
+
+
+RSA = Operation("RSA-2048 sign (PKCS#1 v1.5, SHA-256)", "rsa-pkcs", RSA_TARGET)
+ECDSA = Operation("ECDSA P-256 sign (SHA-256)", "ecdsa", ECDSA_TARGET)
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str
+    rates: dict[str, float]  # Operation.mechanism -> ops/s
+    full_stack: bool = False
+
+
+# -- the cryptography baseline --------------------------------------------------------
+
+
+def _sync_rate(operation: object, duration: float) -> float:
+    assert callable(operation)
+    warm_until = time.perf_counter() + min(0.1, duration)
+    while time.perf_counter() < warm_until:
+        operation()
+    done = 0
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < duration:
+        operation()
+        done += 1
+    return done / elapsed
+
+
+def measure_cryptography(duration: float) -> Row:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+    ecdsa = ec.ECDSA(hashes.SHA256())
+    return Row(
+        "cryptography in process, 1 thread",
+        {
+            RSA.mechanism: _sync_rate(lambda: rsa_key.sign(MESSAGE, pkcs1, sha256), duration),
+            ECDSA.mechanism: _sync_rate(lambda: ec_key.sign(MESSAGE, ecdsa), duration),
+        },
+    )
+
+
+# -- a cluster with a crypto user --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_cluster(hsms: int, directory: Path) -> Iterator[tuple[ClusterThread, ClientConfig]]:
+    """A running, initialized cluster of ``hsms`` HSMs and its client configuration.
+
+    The cluster runs on its own event loop thread, as ``cloudhsm-local up`` would in
+    another process; the control plane is not started (nothing here uses it).
+    """
+    with ClusterThread(directory / "data", hsms=hsms, control_plane=False) as running:
+        customer_ca = running.initialize_default()
+        hsm_ca = directory / "customerCA.crt"
+        hsm_ca.write_bytes(customer_ca.cert_pem)
+        config_path = running.cluster.write_client_config(
+            directory / "cloudhsm-cli.cfg", hsm_ca_file=hsm_ca
+        )
+        yield running, load_config(config_path)
+
+
+async def activate_with_crypto_user(config: ClientConfig) -> None:
+    """``cluster activate``, then the admin creates the benchmark's crypto user everywhere."""
+    async with await AsyncSession.connect(config) as session:
+        for outcome in await session.view.fan_out(
+            Op.CLUSTER_ACTIVATE, {"password": ADMIN_PASSWORD}
+        ):
+            if outcome.error is not None:
+                raise outcome.error
+        await session.login("admin", ADMIN_PASSWORD, role="admin")
+        username, password = CRYPTO_USER
+        for outcome in await session.view.fan_out(
+            Op.USER_CREATE, {"username": username, "role": "crypto-user", "password": password}
+        ):
+            if outcome.error is not None:
+                raise outcome.error
+        await session.logout()
+
+
+async def crypto_session(config: ClientConfig, *, check: bool) -> AsyncSession:
+    """A library session of the crypto user, with the key availability check on or off."""
+    configured = dataclasses.replace(config, disable_key_availability_check=not check)
+    session = await AsyncSession.connect(configured)
+    try:
+        await session.login(*CRYPTO_USER)
+    except BaseException:
+        await session.close()
+        raise
+    return session
+
+
+# -- the full stack ----------------------------------------------------------------------
+
+
+async def _pipelined_rate(
+    session: AsyncSession, key: int, mechanism: str, duration: float
+) -> float:
+    """Signatures per second with IN_FLIGHT requests outstanding at all times."""
+    done = 0
+    measuring = False
+    deadline = 0.0
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await session.sign(key, MESSAGE, mechanism=mechanism, hash="sha256")
+            if measuring:
+                done += 1
+
+    deadline = time.perf_counter() + min(0.2, duration)  # warm-up: connections, caches
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    measuring = True
+    started = time.perf_counter()
+    deadline = started + duration
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return done / (time.perf_counter() - started)
+
+
+def _check_signature(public_pem: bytes, signature: bytes, mechanism: str) -> None:
+    """The HSM's signature verifies with its exported public key (ECDSA is r || s)."""
+    public = serialization.load_pem_public_key(public_pem)
+    if isinstance(public, rsa.RSAPublicKey):
+        public.verify(signature, MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+        half = len(signature) // 2
+        der = encode_dss_signature(
+            int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
+        )
+        public.verify(der, MESSAGE, ec.ECDSA(hashes.SHA256()))
+
+
+async def _measure_cluster(config: ClientConfig, hsms: int, duration: float) -> list[Row]:
+    await activate_with_crypto_user(config)
+    checks = (False,) if hsms == 1 else (True, False)
+    sessions = [await crypto_session(config, check=check) for check in checks]
+    try:
+        maker = sessions[0]
+        rsa_pair = await maker.generate_rsa_key_pair(
+            "bench-rsa-public", "bench-rsa-private", private_attributes={"sign": True}
+        )
+        ec_pair = await maker.generate_ec_key_pair(
+            "bench-ec-public", "bench-ec-private", private_attributes={"sign": True}
+        )
+        keys = {RSA.mechanism: rsa_pair, ECDSA.mechanism: ec_pair}
+        for mechanism, pair in keys.items():
+            signature = await maker.sign(pair.private, MESSAGE, mechanism=mechanism)
+            _check_signature(await maker.export_public_key(pair.public), signature, mechanism)
+        rows = []
+        plural = "HSM" if hsms == 1 else "HSMs"
+        for check, session in zip(checks, sessions, strict=True):
+            label = f"full stack, {hsms} {plural}, check {'on' if check else 'off'}"
+            rates = {
+                mechanism: await _pipelined_rate(
+                    session, pair.private.reference, mechanism, duration
+                )
+                for mechanism, pair in keys.items()
+            }
+            rows.append(Row(f"{label}, {IN_FLIGHT} in flight", rates, full_stack=True))
+        return rows
+    finally:
+        for session in sessions:
+            await session.close()
+
+
+def measure_full_stack(hsms: int, duration: float) -> list[Row]:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"bench-fullstack-{hsms}-") as scratch,
+        bench_cluster(hsms, Path(scratch)) as (_running, config),
+    ):
+        return asyncio.run(_measure_cluster(config, hsms, duration))
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def _verdict(rate: float, softhsm: float | None, target: float) -> str:
+    if softhsm is None:
+        return "(no SoftHSM baseline)"
+    ratio = rate / softhsm
+    return f"{ratio:5.2f}x  >= {target:.1f}x " + ("met" if ratio >= target else "MISSED")
+
+
+def report(rows: Sequence[Row], softhsm: _softhsm.SoftHsmRates | str) -> None:
+    baseline = {
+        RSA.mechanism: softhsm.rsa if isinstance(softhsm, _softhsm.SoftHsmRates) else None,
+        ECDSA.mechanism: softhsm.ecdsa if isinstance(softhsm, _softhsm.SoftHsmRates) else None,
+    }
+    crypto = next(row for row in rows if not row.full_stack and "cryptography" in row.path)
+    if isinstance(softhsm, str):
+        print(f"SoftHSMv2 skipped: {softhsm}")
+    for operation in (RSA, ECDSA):
+        print(f"\n{operation.title}")
+        print(f"  {'path':<48} {'ops/s':>8} {'x crypto':>9}  x SoftHSM, target")
+        for row in rows:
+            rate = row.rates[operation.mechanism]
+            versus = rate / crypto.rates[operation.mechanism]
+            verdict = (
+                _verdict(rate, baseline[operation.mechanism], operation.target)
+                if row.full_stack
+                else ""
+            )
+            print(f"  {row.path:<48} {rate:>8.0f} {versus:>8.2f}x  {verdict}")
+
+
+def main(
+    duration: float = DURATION,
+    hsm_counts: Sequence[int] = HSM_COUNTS,
+    softhsm_library: str = _softhsm.LIBRARY_PATH,
+) -> None:
+    rows = [measure_cryptography(duration)]
+    softhsm = _softhsm.measure(duration, softhsm_library)
+    if isinstance(softhsm, _softhsm.SoftHsmRates):
+        rates = {RSA.mechanism: softhsm.rsa, ECDSA.mechanism: softhsm.ecdsa}
+        rows.append(Row(f"{softhsm.version} via python-pkcs11, 1 thread", rates))
+    for hsms in hsm_counts:
+        rows.extend(measure_full_stack(hsms, duration))
+    report(rows, softhsm)
+
+
+if __name__ == "__main__":
+    main()
