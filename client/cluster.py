@@ -113,6 +113,9 @@ KEY_USING_OPS: dict[str, tuple[str, ...]] = {
     Op.KEY_DERIVE: ("base_key",),
 }
 
+#: Arguments that carry quorum approvals (tokens that exist on one HSM only).
+APPROVAL_ARGUMENTS = ("approval", "wrapping_approval", "payload_approval")
+
 #: Ops that change a token key and so are applied on every HSM holding it.
 KEY_CHANGING_OPS = frozenset({Op.KEY_DELETE, Op.KEY_SHARE, Op.KEY_UNSHARE, Op.KEY_SET_ATTRIBUTE})
 
@@ -556,6 +559,9 @@ class ClusterView:
                 home = self._session_key_home.get(reference)
                 if home is not None and home.healthy:
                     return home
+        if any(name in args for name in APPROVAL_ARGUMENTS):
+            # A quorum token is single-use and lives on the HSM that issued it.
+            return self.primary()
         return self.pick()
 
     # -- login -------------------------------------------------------------------------------
@@ -711,6 +717,8 @@ class ClusterView:
         home = self._session_key_home.get(reference) if isinstance(reference, int) else None
         if isinstance(reference, int) and op == Op.KEY_DELETE:
             self._available.pop(reference, None)
+        if home is None and any(name in args for name in APPROVAL_ARGUMENTS):
+            home = self.primary()
         if home is not None:
             result = await self._call_member(home, op, args)
             if op == Op.KEY_DELETE:

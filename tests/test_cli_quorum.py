@@ -281,3 +281,72 @@ def test_mfa_token_sign_enable_and_deregister(
     assert deregistered == {"username": user.username, "role": "crypto-user"}
     listed = {u["username"]: u for u in admin_cli.ok("user", "list")["users"]}
     assert listed[user.username]["mfa"] == []
+
+
+def test_key_usage_quorum_with_a_signed_approval(
+    cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Credentials], tmp_path: Path
+) -> None:
+    user = crypto_user()
+    approver = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_path = tmp_path / "approver.pub"
+    public_path.write_bytes(
+        approver.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    registration = tmp_path / "registration.json"
+    approval = tmp_path / "approval.json"
+    data = base64.b64encode(b"needs approval").decode()
+    cli = InteractiveCli(cloudhsm_cluster.config_path)
+    try:
+        cli.run(f"login --username {user.username} --role crypto-user --password {user.password}")
+        cli.run(f"quorum token-sign generate --service registration --token {registration}")
+        document = json.loads(registration.read_text())
+        entry = document["tokens"][0]
+        entry["signed"] = base64.b64encode(
+            approver.sign(
+                base64.b64decode(entry["approval_data"]), padding.PKCS1v15(), hashes.SHA256()
+            )
+        ).decode()
+        registration.write_text(json.dumps(document))
+        registered = cli.run(
+            f"user change-quorum token-sign register --public-key {public_path} --signed-token {registration}"
+        )
+        assert registered["error_code"] == 0, registered
+        pair = cli.run(
+            "key generate-asymmetric-pair ec --curve secp256r1 --public-label q-pub --private-label q-priv "
+            "--private-attributes sign=true --use-private-key-quorum-value 1"
+        )
+        assert pair["error_code"] == 0, pair
+        assert (
+            pair["data"]["private_key"]["key-info"]["key-quorum-values"]["use-key-quorum-value"]
+            == 1
+        )
+        sign = (
+            f"crypto sign ecdsa --key-filter attr.label=q-priv --hash-function sha256 --data {data}"
+        )
+        refused = cli.run(sign)
+        assert refused == {
+            "error_code": 1,
+            "data": "Quorum approval is required for this operation",
+        }
+        generated = cli.run(f"quorum token-sign generate --service key-usage --token {approval}")
+        assert generated["error_code"] == 0, generated
+        token = json.loads(approval.read_text())
+        assert token["signatures"] == []
+        approval_data = base64.b64decode(token["approval_data"])
+        token["signatures"].append(
+            {
+                "username": user.username,
+                "signature": base64.b64encode(
+                    approver.sign(approval_data, padding.PKCS1v15(), hashes.SHA256())
+                ).decode(),
+            }
+        )
+        approval.write_text(json.dumps(token))
+        approved = cli.run(f"{sign} --approval {approval}")
+        assert approved["error_code"] == 0, approved
+        reused = cli.run(f"{sign} --approval {approval}")
+        assert reused["error_code"] == 1
+    finally:
+        cli.quit()

@@ -9,7 +9,7 @@ from client.cli.context import CliContext, read_input_file
 from client.cli.output import CliError
 from client.cli.parser import CommandGroup
 from client.cli.quorum import add_approval, read_approval
-from client.cli.results import coverage, require_any, status_message
+from client.cli.results import coverage, push, require_any, status_message
 from client.cluster import MemberOutcome
 from protocol.ops import Op
 from protocol.status import Status
@@ -91,7 +91,7 @@ async def register_trust_anchor(ctx: CliContext, args: argparse.Namespace) -> An
     approval = read_approval(args.approval)
     if approval is not None:
         call_args["approval"] = approval
-    outcomes = await view.fan_out(Op.MTLS_REGISTER_TRUST_ANCHOR, call_args)
+    outcomes = await push(view, Op.MTLS_REGISTER_TRUST_ANCHOR, call_args)
     registered = [o for o in outcomes if o.ok]
     existing = [o for o in outcomes if o.status is Status.TRUST_ANCHOR_EXISTS]
     if not registered:
@@ -124,7 +124,7 @@ async def deregister_trust_anchor(ctx: CliContext, args: argparse.Namespace) -> 
     approval = read_approval(args.approval)
     if approval is not None:
         call_args["approval"] = approval
-    outcomes = await view.fan_out(Op.MTLS_DEREGISTER_TRUST_ANCHOR, call_args)
+    outcomes = await push(view, Op.MTLS_DEREGISTER_TRUST_ANCHOR, call_args)
     if not any(o.ok for o in outcomes):
         raise _first_failure(outcomes)
     return {
@@ -145,7 +145,7 @@ async def set_enforcement(ctx: CliContext, args: argparse.Namespace) -> Any:
     approval = read_approval(args.approval)
     if approval is not None:
         call_args["approval"] = approval
-    outcomes = await view.fan_out(Op.MTLS_SET_ENFORCEMENT, call_args)
+    outcomes = await push(view, Op.MTLS_SET_ENFORCEMENT, call_args)
     require_any(outcomes)
     return {"message": f"Mtls enforcement level set to {args.level.capitalize()} successfully"}
 

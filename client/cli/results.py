@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from client.cli.output import CliError
-from client.cluster import MemberOutcome
+from client.cluster import ClusterView, MemberOutcome
 from client.errors import ClientError, HsmStatusError
 from protocol.status import Status
 
@@ -56,3 +57,11 @@ def require_any(outcomes: Sequence[MemberOutcome]) -> list[MemberOutcome]:
         if outcome.error is not None:
             raise outcome.error
     raise CliError("No HSM answered")
+
+
+async def push(view: ClusterView, op: str, args: dict[str, Any]) -> list[MemberOutcome]:
+    """A user or policy change: pushed to every HSM, except with a quorum approval, which is
+    a single-use token that lives on one HSM (see docs/cli.md), so it goes there only."""
+    if "approval" in args:
+        return await view.fan_out(op, args, members=[view.primary()])
+    return await view.fan_out(op, args)

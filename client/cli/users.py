@@ -23,7 +23,7 @@ from client.cli.quorum import (
     read_approval,
     read_registration_token,
 )
-from client.cli.results import coverage, require_any
+from client.cli.results import coverage, push, require_any
 from client.cluster import MemberOutcome
 from protocol.ops import Op
 from protocol.status import Status
@@ -99,7 +99,7 @@ async def create_user(ctx: CliContext, args: argparse.Namespace) -> Any:
     call_args = _with_approval(
         {"username": username, "role": args.role, "password": password}, args.approval
     )
-    outcomes = await view.fan_out(Op.USER_CREATE, call_args)
+    outcomes = await push(view, Op.USER_CREATE, call_args)
     changed = [o for o in outcomes if o.ok]
     if not changed:
         if all(o.status is Status.USER_EXISTS for o in outcomes):
@@ -112,7 +112,7 @@ async def delete_user(ctx: CliContext, args: argparse.Namespace) -> Any:
     username = args.username.lower()
     view = await ctx.session_view(args.cluster_id)
     call_args = _with_approval({"username": username, "role": args.role}, args.approval)
-    outcomes = await view.fan_out(Op.USER_DELETE, call_args)
+    outcomes = await push(view, Op.USER_DELETE, call_args)
     if not any(o.ok for o in outcomes):
         if all(o.status in (Status.USER_NOT_FOUND, Status.INVALID_USER_TYPE) for o in outcomes):
             raise CliError("Specified user does not exist")
@@ -129,7 +129,7 @@ async def change_password(ctx: CliContext, args: argparse.Namespace) -> Any:
         call_args["deregister_mfa"] = True
     if args.deregister_quorum:
         call_args["deregister_quorum"] = True
-    outcomes = await view.fan_out(Op.USER_CHANGE_PASSWORD, _with_approval(call_args, args.approval))
+    outcomes = await push(view, Op.USER_CHANGE_PASSWORD, _with_approval(call_args, args.approval))
     if not any(o.ok for o in outcomes) and all(o.status is Status.USER_NOT_FOUND for o in outcomes):
         raise CliError("Specified user does not exist")
     _accept(outcomes, ())
@@ -206,7 +206,7 @@ async def change_mfa(ctx: CliContext, args: argparse.Namespace) -> Any:
         call_args["signed_token"] = token
         call_args["public_key"] = read_input_file(public_key_path, "Public key file")
     view = await ctx.session_view(args.cluster_id)
-    outcomes = await view.fan_out(Op.USER_CHANGE_MFA, _with_approval(call_args, args.approval))
+    outcomes = await push(view, Op.USER_CHANGE_MFA, _with_approval(call_args, args.approval))
     _accept(outcomes, ())
     return {"username": username, "role": args.role}
 
