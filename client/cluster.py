@@ -229,6 +229,7 @@ class ClusterView:
         self._session_key_home: dict[int, HsmMember] = {}
         self._closed = False
         self._watch_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         #: Token keys recently seen on enough HSMs (key reference -> loop time of the check).
         self._available: dict[int, float] = {}
 
@@ -368,6 +369,8 @@ class ClusterView:
             if connection is not None:
                 with contextlib.suppress(ClientError, OSError):
                     await connection.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def __aenter__(self) -> ClusterView:
         return self
@@ -394,8 +397,11 @@ class ClusterView:
         member.last_error = error
         log.info("lost HSM %s: %s", member.name, error)
         if connection is not None:
+            # Closed in the background (the caller is failing over now); kept referenced
+            # until done so close() can wait for it.
             task = asyncio.ensure_future(self._quiet_close(connection))
-            task.add_done_callback(lambda _t: None)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         self._schedule_reconnect(member)
 
     @staticmethod
