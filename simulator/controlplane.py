@@ -292,7 +292,12 @@ class ControlPlane:
             except ValueError:
                 raise invalid_request(f"IpAddress {address!r} is not an IP address.") from None
         record = await self._guard(cluster.add_hsm(zone))
-        return {"Hsm": record.describe(cluster.cluster_id, cluster.record.hsm_type)}
+        # The service answers before the HSM is up (spec §11.5); here it is up by the time
+        # anyone can ask again, so DescribeClusters already shows it ACTIVE.
+        answer = record.describe(cluster.cluster_id, cluster.record.hsm_type)
+        answer["State"] = "CREATE_IN_PROGRESS"
+        answer.pop("StateMessage", None)
+        return {"Hsm": answer}
 
     async def delete_hsm(self, body: dict[str, Any]) -> dict[str, Any]:
         cluster = self.cluster(_cluster_id(body))
@@ -334,7 +339,14 @@ class ControlPlane:
                 raise invalid_request(f"SourceBackupId {source!r} is not a backup id or ARN.")
         root = self.root
         cluster = await self._guard(root.create_cluster(hsm_type, subnets, source))
-        return {"Cluster": await cluster.describe()}
+        # As the service answers (spec §11.5): CREATE_IN_PROGRESS, no certificates yet;
+        # DescribeClusters shows where it settled (UNINITIALIZED, or the restored state).
+        answer = await cluster.describe()
+        answer["State"] = "CREATE_IN_PROGRESS"
+        answer.pop("StateMessage", None)
+        if source is None:
+            answer["Certificates"] = {}
+        return {"Cluster": answer}
 
     async def delete_cluster(self, body: dict[str, Any]) -> dict[str, Any]:
         cluster_id = _cluster_id(body)

@@ -293,9 +293,10 @@ def test_create_and_delete_hsm_through_boto3(fresh: ClusterThread) -> None:
     zone = sorted(client.describe_clusters()["Clusters"][0]["SubnetMapping"])[1]
     created = client.create_hsm(ClusterId=cluster_id, AvailabilityZone=zone)["Hsm"]
     assert created["AvailabilityZone"] == zone
-    assert created["State"] == "ACTIVE"
+    assert created["State"] == "CREATE_IN_PROGRESS"
     hsms = client.describe_clusters()["Clusters"][0]["Hsms"]
     assert [h["HsmId"] for h in hsms][-1] == created["HsmId"]
+    assert hsms[-1]["State"] == "ACTIVE"
     code, message = _error(client.create_hsm, ClusterId=cluster_id, AvailabilityZone="eu-west-1a")
     assert code == "CloudHsmInvalidRequestException"
     assert "not in the cluster's subnet mapping" in message
@@ -327,8 +328,10 @@ def test_clusters_and_backups_through_boto3(fresh: ClusterThread) -> None:
         "Provided HsmType is not supported.",
     )
     new = client.create_cluster(HsmType="hsm2m.medium", SubnetIds=["subnet-0123456789abcdef0"])
-    assert new["Cluster"]["State"] == "UNINITIALIZED"
+    assert new["Cluster"]["State"] == "CREATE_IN_PROGRESS"
     assert new["Cluster"]["Hsms"] == []
+    settled = client.describe_clusters(Filters={"clusterIds": [new["Cluster"]["ClusterId"]]})
+    assert settled["Clusters"][0]["State"] == "UNINITIALIZED"
     assert new["Cluster"]["Certificates"] == {}
     first = client.create_hsm(ClusterId=new["Cluster"]["ClusterId"], AvailabilityZone="us-east-1a")
     described = client.describe_clusters(Filters={"clusterIds": [new["Cluster"]["ClusterId"]]})
