@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from client import errors
+from client.cluster import channel_settings
+from client.config import load_config
 from client.connection import ChannelSettings, HsmConnection
+from fixtures.cluster import ClusterUnderTest
 from fixtures.trust import (
     BadCertificates,
     CertificateAuthority,
@@ -27,7 +31,10 @@ from fixtures.trust import (
     TargetFactory,
 )
 
-pytestmark = [pytest.mark.conformance("trust"), pytest.mark.local_target]
+pytestmark = pytest.mark.conformance("trust")
+
+#: Scenarios that build their own broken target; the external target cannot.
+local_target = pytest.mark.local_target
 
 OTHER_CLUSTER = "cluster-othr2345abc"
 
@@ -54,6 +61,7 @@ def _refused(
 # -- the cluster certificate (inner TLS) ----------------------------------------------------
 
 
+@local_target
 def test_cluster_certificate_from_another_ca(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:
@@ -66,6 +74,7 @@ def test_cluster_certificate_from_another_ca(
     assert target.hello.hsm_id in message
 
 
+@local_target
 def test_uninitialized_hsm_presents_its_hsm_certificate(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:
@@ -77,6 +86,7 @@ def test_uninitialized_hsm_presents_its_hsm_certificate(
     assert "was not issued by the CA in" in str(error)
 
 
+@local_target
 def test_cluster_certificate_expired(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:
@@ -86,6 +96,7 @@ def test_cluster_certificate_expired(
     assert "has expired" in str(error)
 
 
+@local_target
 def test_cluster_certificate_not_yet_valid(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:
@@ -94,6 +105,7 @@ def test_cluster_certificate_not_yet_valid(
     assert "is not yet valid" in str(error)
 
 
+@local_target
 def test_hsm_presents_a_self_signed_certificate(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:
@@ -103,6 +115,7 @@ def test_hsm_presents_a_self_signed_certificate(
     assert target.customer_ca.subject in str(error)
 
 
+@local_target
 def test_cluster_certificate_for_another_cluster(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:
@@ -112,6 +125,7 @@ def test_cluster_certificate_for_another_cluster(
     assert f"expects cluster {target.hello.cluster_id}" in str(error)
 
 
+@local_target
 def test_host_announces_another_cluster_than_configured(
     single_hsm_target: SingleHsmTarget,
 ) -> None:
@@ -130,6 +144,7 @@ def _server_ca_file(target: SingleHsmTarget) -> Path:
     return path
 
 
+@local_target
 def test_customer_ca_missing(single_hsm_target: SingleHsmTarget, tmp_path: Path) -> None:
     missing = tmp_path / "etc" / "customerCA.crt"
     with pytest.raises(errors.CustomerCaMissing) as caught:
@@ -139,6 +154,7 @@ def test_customer_ca_missing(single_hsm_target: SingleHsmTarget, tmp_path: Path)
     assert not single_hsm_target.hsm.reached
 
 
+@local_target
 @pytest.mark.parametrize(
     ("contents", "expected", "says"),
     [
@@ -148,6 +164,7 @@ def test_customer_ca_missing(single_hsm_target: SingleHsmTarget, tmp_path: Path)
     ],
     ids=["empty", "whitespace", "garbage"],
 )
+@local_target
 def test_customer_ca_unusable(
     single_hsm_target: SingleHsmTarget,
     tmp_path: Path,
@@ -167,6 +184,7 @@ def test_customer_ca_unusable(
     assert single_hsm_target.server.connection_count == 0
 
 
+@local_target
 def test_customer_ca_truncated(single_hsm_target: SingleHsmTarget, tmp_path: Path) -> None:
     path = tmp_path / "customerCA.crt"
     path.write_bytes(BadCertificates.truncated(single_hsm_target.customer_ca.cert_pem))
@@ -175,6 +193,7 @@ def test_customer_ca_truncated(single_hsm_target: SingleHsmTarget, tmp_path: Pat
     assert f"customerCA.crt at {path} is not a valid PEM certificate" in str(caught.value)
 
 
+@local_target
 def test_customer_ca_is_not_a_ca(
     single_hsm_target: SingleHsmTarget, bad_certificates: BadCertificates, tmp_path: Path
 ) -> None:
@@ -191,6 +210,7 @@ def test_customer_ca_is_not_a_ca(
 # -- the server host (outer TLS) ---------------------------------------------------------------
 
 
+@local_target
 def test_host_certificate_untrusted(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:
@@ -200,6 +220,7 @@ def test_host_certificate_untrusted(
     assert target.settings.server_ca_source in str(error)
 
 
+@local_target
 def test_host_certificate_expired(
     make_single_hsm_target: TargetFactory, bad_certificates: BadCertificates
 ) -> None:
@@ -208,6 +229,7 @@ def test_host_certificate_expired(
     assert f"server host {target.host}:{target.port} has expired" in str(error)
 
 
+@local_target
 def test_host_certificate_names_another_host(
     make_single_hsm_target: TargetFactory, aws_root: CertificateAuthority
 ) -> None:
@@ -216,6 +238,7 @@ def test_host_certificate_names_another_host(
     assert "is for another host" in str(error)
 
 
+@local_target
 def test_host_offering_tls_below_1_2(
     single_hsm_target: SingleHsmTarget, legacy_tls_host: tuple[str, int]
 ) -> None:
@@ -224,6 +247,7 @@ def test_host_offering_tls_below_1_2(
     assert f"{legacy_tls_host[0]}:{legacy_tls_host[1]}" in str(error)
 
 
+@local_target
 def test_client_address_outside_the_security_group(make_single_hsm_target: TargetFactory) -> None:
     target = make_single_hsm_target(allow_list=[ipaddress.ip_network("10.0.0.0/8")])
     error = _refused(target, errors.HostRefused)
@@ -240,6 +264,7 @@ def _client_credential(ca: CertificateAuthority, directory: Path, name: str) -> 
     return credential.write(directory, name)
 
 
+@local_target
 def test_host_requires_a_client_certificate(
     make_single_hsm_target: TargetFactory, tmp_path: Path
 ) -> None:
@@ -261,6 +286,7 @@ def test_host_requires_a_client_certificate(
     assert info["hsm-id"] == target.hello.hsm_id
 
 
+@local_target
 def test_hsm_mtls_enforcement_requires_a_client_certificate(
     single_hsm_target: SingleHsmTarget, tmp_path: Path
 ) -> None:
@@ -304,3 +330,40 @@ def test_hsm_mtls_enforcement_requires_a_client_certificate(
     # The registered client certificate still gets through.
     info = asyncio.run(_connect_and_ask(target.host, target.port, with_cert))
     assert info["hsm-id"] == target.hello.hsm_id
+
+
+# -- against any target (local or external) --------------------------------------------------
+
+
+def _target_settings(cluster: ClusterUnderTest) -> tuple[tuple[str, int], ChannelSettings]:
+    config = load_config(cluster.config_path).select(None)
+    server = config.enabled_servers[0]
+    return (server.hostname, server.port), channel_settings(config)
+
+
+def test_any_target_is_reached_with_its_own_trust(cloudhsm_cluster: ClusterUnderTest) -> None:
+    address, settings = _target_settings(cloudhsm_cluster)
+    info = asyncio.run(_connect_and_ask(*address, settings))
+    if cloudhsm_cluster.cluster_id:
+        assert info["cluster-id"] == cloudhsm_cluster.cluster_id
+
+
+def test_any_target_is_refused_under_a_foreign_customer_ca(
+    cloudhsm_cluster: ClusterUnderTest,
+) -> None:
+    address, settings = _target_settings(cloudhsm_cluster)
+    foreign = CertificateAuthority.generate("foreign customer CA")
+    settings = replace(settings, hsm_ca_pem=foreign.cert_pem, hsm_ca_source="foreignCA.crt")
+    with pytest.raises(errors.ClusterCertificateUntrusted) as caught:
+        asyncio.run(_connect_and_ask(*address, settings))
+    assert "was not issued by the CA in foreignCA.crt" in str(caught.value)
+
+
+def test_any_target_is_refused_when_another_cluster_is_expected(
+    cloudhsm_cluster: ClusterUnderTest,
+) -> None:
+    address, settings = _target_settings(cloudhsm_cluster)
+    settings = replace(settings, expected_cluster_id=OTHER_CLUSTER)
+    with pytest.raises(errors.ClusterMismatch) as caught:
+        asyncio.run(_connect_and_ask(*address, settings))
+    assert f"expects cluster {OTHER_CLUSTER}" in str(caught.value)
