@@ -15,15 +15,22 @@ from typing import Any
 import pytest
 
 from client import errors
-from client.connection import HsmConnection
+from client.cluster import channel_settings
+from client.config import load_config
+from client.connection import ChannelSettings, HsmConnection
+from fixtures.cluster import ClusterUnderTest
 from fixtures.trust import RawHostConnection, SingleHsmTarget
 from protocol.channel import encode_hello, parse_hello_ack, parse_host_error
 from protocol.framing import PROTOCOL_VERSIONS, FrameType, HostErrorCode
 from protocol.status import Status
 
-pytestmark = [pytest.mark.conformance("handshake"), pytest.mark.local_target]
+pytestmark = pytest.mark.conformance("handshake")
+
+#: Scenarios on a one-HSM target the fixtures build; the external target cannot.
+local_target = pytest.mark.local_target
 
 
+@local_target
 def test_hello_negotiates_the_version_and_names_the_hsm(
     single_hsm_target: SingleHsmTarget,
 ) -> None:
@@ -40,6 +47,7 @@ def test_hello_negotiates_the_version_and_names_the_hsm(
     assert connection.hello.hsm_id == target.hello.hsm_id
 
 
+@local_target
 def test_host_chooses_the_highest_common_version(single_hsm_target: SingleHsmTarget) -> None:
     target = single_hsm_target
 
@@ -60,6 +68,7 @@ def test_host_chooses_the_highest_common_version(single_hsm_target: SingleHsmTar
     assert ack.hsm_id == target.hello.hsm_id
 
 
+@local_target
 def test_hello_with_only_unsupported_versions_is_refused(
     single_hsm_target: SingleHsmTarget,
 ) -> None:
@@ -82,6 +91,7 @@ def test_hello_with_only_unsupported_versions_is_refused(
     assert not target.hsm.reached
 
 
+@local_target
 def test_pipelined_requests_are_answered_by_id(single_hsm_target: SingleHsmTarget) -> None:
     target = single_hsm_target
     ops = ["hsm.info", "quorum.values", "user.list", "no.such.op"] * 16
@@ -106,6 +116,7 @@ def test_pipelined_requests_are_answered_by_id(single_hsm_target: SingleHsmTarge
     assert target.hsm.sessions_opened == 1
 
 
+@local_target
 def test_unavailable_hsm_is_reported_by_the_host(single_hsm_target: SingleHsmTarget) -> None:
     target = single_hsm_target
     target.loop.call(lambda: setattr(target.server, "available", False))
@@ -115,6 +126,7 @@ def test_unavailable_hsm_is_reported_by_the_host(single_hsm_target: SingleHsmTar
     assert not target.hsm.reached
 
 
+@local_target
 def test_close_ends_the_session_and_the_connection(single_hsm_target: SingleHsmTarget) -> None:
     target = single_hsm_target
 
@@ -138,6 +150,7 @@ def test_close_ends_the_session_and_the_connection(single_hsm_target: SingleHsmT
     assert target.loop.run(drained()) == 0
 
 
+@local_target
 def test_severed_connection_fails_requests_in_flight(single_hsm_target: SingleHsmTarget) -> None:
     target = single_hsm_target
 
@@ -156,3 +169,40 @@ def test_severed_connection_fails_requests_in_flight(single_hsm_target: SingleHs
         await connection.close()
 
     asyncio.run(scenario())
+
+
+# -- against any target (local or external) --------------------------------------------------
+
+
+def _target(cluster: ClusterUnderTest) -> tuple[tuple[str, int], ChannelSettings]:
+    config = load_config(cluster.config_path).select(None)
+    server = config.enabled_servers[0]
+    return (server.hostname, server.port), channel_settings(config)
+
+
+def test_any_target_answers_pipelined_requests(cloudhsm_cluster: ClusterUnderTest) -> None:
+    (host, port), settings = _target(cloudhsm_cluster)
+
+    async def scenario() -> list[Any]:
+        async with await HsmConnection.open(host, port, settings) as conn:
+            return await asyncio.gather(*(conn.call("hsm.info", {}) for _ in range(32)))
+
+    results = asyncio.run(scenario())
+    assert len({r["hsm-id"] for r in results}) == 1
+
+
+def test_any_target_refuses_unknown_versions(cloudhsm_cluster: ClusterUnderTest) -> None:
+    (host, port), settings = _target(cloudhsm_cluster)
+
+    async def scenario() -> Any:
+        raw = await RawHostConnection.open(host, port, settings.server_ca_pem)
+        try:
+            await raw.send(encode_hello("future-client", [2, 3]))
+            async with asyncio.timeout(10):
+                return await raw.frames_until_closed()
+        finally:
+            await raw.close()
+
+    frames = asyncio.run(scenario())
+    assert [f.type for f in frames] == [FrameType.HOST_ERROR]
+    assert parse_host_error(frames[0]).code is HostErrorCode.VERSION_UNSUPPORTED
