@@ -100,8 +100,11 @@ class Scene:
         *,
         user: Credentials | None = None,
         key_availability_check: bool = True,
+        retry_mode: str = "standard",
     ) -> Session:
-        view = self.faults.view_of(hsm_ids, key_availability_check=key_availability_check)
+        view = self.faults.view_of(
+            hsm_ids, key_availability_check=key_availability_check, retry_mode=retry_mode
+        )
         return self.sessions(user or self.user, cluster=view)
 
     def cli(self, hsm_ids: list[str] | None = None, user: Credentials | None = None) -> CloudHsmCli:
@@ -316,3 +319,25 @@ def test_backup_restores_into_a_new_cluster_with_usable_keys(scene: Scene) -> No
     verify_independently(public_pem, signature)
     users = CloudHsmCli(restored).ok("user", "list")["users"]
     assert scene.user.username in {u["username"] for u in users}
+
+
+def test_busy_hsms_are_retried_in_standard_mode_and_surface_with_retries_off(
+    scene: Scene,
+) -> None:
+    """While every HSM answers busy (0xBB) for a moment, a client in the standard retry mode
+    retries with backoff and its signature succeeds; a client with `default_retry_mode` off
+    gets the busy error at once."""
+    standard = scene.session()
+    pair = signing_pair(standard, "throttled")
+    public_pem = standard.export_public_key(pair.public)
+    without_retries = scene.session(retry_mode="off")
+    for hsm_id in scene.hsms:
+        scene.faults.busy(hsm_id, seconds=2.0)
+    with pytest.raises(ClientError, match="busy"):
+        without_retries.sign(pair.private, MESSAGE, mechanism="ecdsa", hash="sha256")
+    # Shorter than the least total backoff of three retries (0.175 s), so a retrying
+    # client always outlasts it.
+    for hsm_id in scene.hsms:
+        scene.faults.busy(hsm_id, seconds=0.15)
+    signature = standard.sign(pair.private, MESSAGE, mechanism="ecdsa", hash="sha256")
+    verify_independently(public_pem, signature)
