@@ -65,13 +65,17 @@ def test_softhsm_baseline_signs() -> None:
 
 def test_failover_fails_over_for_each_fault(capsys: pytest.CaptureFixture[str]) -> None:
     results = failover.measure(repeats=1, hsms=2)
-    assert set(results) == {fault.name for fault in failover.FAULTS}
-    for figures in results.values():
+    assert set(results.seconds) == {fault.name for fault in failover.FAULTS}
+    for figures in results.seconds.values():
         assert len(figures) == 1
         assert all(math.isfinite(seconds) for seconds in figures), results
+    # A request aimed at the failing HSM that is not failed over raises out of measure().
+    # (Under load with 2 HSMs some requests may rightly fail the key availability check
+    # while one HSM is down, so the under-load failure count is only reported.)
     failover.report(results, hsms=2)
     out = capsys.readouterr().out
     for fault in failover.FAULTS:
         assert fault.description in out
     assert "never" not in out
     assert out.count("each run") == 1
+    assert "requests that failed:" in out
