@@ -582,3 +582,54 @@ def test_random_bytes_are_random(crypto_session: Session) -> None:
     first, second = crypto_session.random(32), crypto_session.random(32)
     assert len(first) == len(second) == 32
     assert first != second
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+def test_imported_public_key_verifies_a_signature_made_elsewhere(
+    as_signer: CloudHsmCli, tmp_path: Path, kind: str
+) -> None:
+    """A public key made outside the HSM and brought in with `key import pem` verifies a
+    signature `cryptography` made with its private half, and refuses one over other data;
+    the imported key is not local."""
+    private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if kind == "ec":
+        private = ec.generate_private_key(ec.SECP256R1())
+        der = private.sign(MESSAGE, ec.ECDSA(hashes.SHA256()))
+        r, s = utils.decode_dss_signature(der)
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        mechanism, type_class = "ecdsa", "ec-public"
+    else:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        signature = private.sign(MESSAGE, padding.PKCS1v15(), hashes.SHA256())
+        mechanism, type_class = "rsa-pkcs", "rsa-public"
+    path = tmp_path / "partner.pem"
+    path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    key = as_signer.ok(
+        "key",
+        "import",
+        "pem",
+        "--path",
+        str(path),
+        "--label",
+        f"partner-{kind}",
+        "--key-type-class",
+        type_class,
+        "--attributes",
+        "verify=true",
+    )["key"]
+    reference = key["key-reference"]
+    listing = as_signer.ok("key", "list", "--filter", f"key-reference={reference}", "--verbose")
+    attributes = listing["matched_keys"][0]["attributes"]
+    assert (attributes["class"], attributes["local"]) == ("public-key", False)
+    verified = verify_cli(
+        as_signer, mechanism, reference, MESSAGE, signature, "--hash-function", "sha256"
+    )
+    assert verified["data"] == {"message": "Signature verified successfully"}
+    refused = verify_cli(
+        as_signer, mechanism, reference, MESSAGE + b"!", signature, "--hash-function", "sha256"
+    )
+    assert (refused["error_code"], refused["data"]) == (1, "Signature verification failed")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fixtures.clients import CloudHsmCli, Credentials
+from fixtures.cluster import ClusterFactory
 from fixtures.users import UserFactory, UserNames
 
 pytestmark = pytest.mark.conformance("users")
@@ -305,3 +306,44 @@ def test_wrong_password_and_unknown_user_are_refused_alike(
     assert wrong_password["error_code"] == unknown_user["error_code"] == 1
     assert wrong_password["data"] == unknown_user["data"] == "Incorrect authentication credentials"
     assert henry.password not in wrong_password["data"]
+
+
+@pytest.mark.local_target
+def test_activation_turns_the_unactivated_admin_into_the_admin(
+    cluster_factory: ClusterFactory, user_names: UserNames
+) -> None:
+    """On a cluster never activated, `user list` shows `admin` as unactivated-admin and the
+    default password cannot do admin work. `cluster activate --password` says `Cluster
+    activation successful`, makes it an admin with the new password, and a second activation
+    says `Cluster has already been activated`."""
+    cluster = cluster_factory(hsms=2, activate=False)
+    cli = CloudHsmCli(cluster)
+    admin = listed(cli, "admin")
+    assert admin is not None
+    assert admin["role"] == "unactivated-admin"
+    default = CloudHsmCli(cluster, Credentials("admin", "password", "admin"))
+    default.error(
+        "user",
+        "create",
+        "--username",
+        user_names.username(),
+        "--role",
+        "crypto-user",
+        "--password",
+        user_names.password(),
+    )
+
+    new_password = user_names.password()
+    assert default.ok("cluster", "activate", "--password", new_password) == (
+        "Cluster activation successful"
+    )
+    admin = listed(cli, "admin")
+    assert admin is not None
+    assert (admin["role"], admin["cluster-coverage"]) == ("admin", "full")
+    activated = Credentials("admin", new_password, "admin")
+    assert login(cli, activated)["data"] == {"username": "admin", "role": "admin"}
+    assert login(cli, activated, password="password")["error_code"] == 1
+    assert default.error("cluster", "activate", "--password", user_names.password()) == (
+        "Cluster has already been activated"
+    )
+    assert login(cli, activated)["error_code"] == 0
