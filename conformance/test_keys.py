@@ -495,3 +495,22 @@ def test_single_key_command_refuses_a_filter_matching_several_keys(as_alice: Clo
     aes(as_alice, "ambiguous")
     as_alice.error("key", "delete", "--filter", "attr.label=ambiguous")
     assert as_alice.ok("key", "list", "--filter", "attr.label=ambiguous")["total_key_count"] == 2
+
+
+def test_key_info_names_the_owner_and_full_coverage(
+    as_alice: CloudHsmCli, alice: Credentials
+) -> None:
+    """`key list --verbose` shows key-info: the creator as the only owner, no shared users,
+    key quorum values 0, and a token key cloned to every HSM (cluster-coverage full)."""
+    reference = aes(as_alice, "owned")["key-reference"]
+    key = by_reference(as_alice, reference)
+    assert key is not None
+    info = key["key-info"]
+    assert [owner["username"] for owner in info["key-owners"]] == [alice.username]
+    assert all(owner["key-coverage"] == "full" for owner in info["key-owners"])
+    assert info["shared-users"] == []
+    assert info["key-quorum-values"] == {
+        "manage-key-quorum-value": 0,
+        "use-key-quorum-value": 0,
+    }
+    assert info["cluster-coverage"] == "full"
