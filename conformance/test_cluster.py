@@ -257,7 +257,10 @@ def test_hsm_stopped_mid_load_loses_nothing_acknowledged_and_the_client_fails_ov
         timer.join()
     assert stopped.is_set(), "the HSM was never stopped during the load"
     assert signatures_after_stop >= 15
-    assert refused_creations <= 1
+    # Creations are not idempotent, so the one in flight when the HSM went down may fail
+    # (and the first one sent before the client saw it go); a client that kept routing to
+    # the stopped HSM would fail every third.
+    assert refused_creations <= 2
     assert len(acknowledged) >= 15
 
     survivors = scene.session([h for h in scene.hsms if h != b])
