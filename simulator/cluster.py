@@ -481,6 +481,22 @@ class LocalCluster:
         return self.record.state
 
     @property
+    def trust_identity(self) -> str:
+        """The cluster id the HSMs announce in HELLO_ACK: the one their certificate names.
+
+        That is this cluster's id, except for a cluster restored from a backup: it
+        presents the backed-up cluster's certificate (no new ceremony, spec §10.1),
+        whose subject names the cluster the CSR came from, so its HSMs announce that
+        cluster, and a client checking the certificate against the announced cluster
+        accepts them as the real client accepts a restored cluster.
+        """
+        if self.record.source_backup_id and self.record.cluster_certificate:
+            named = pki.partition_of(self.record.cluster_certificate.encode())
+            if named:
+                return named
+        return self.cluster_id
+
+    @property
     def host(self) -> str:
         return self.record.host
 
@@ -606,7 +622,7 @@ class LocalCluster:
             host_key_pem=running.material.host.key_pem,
             bind=(self.host, hsm_record.port),
             allow_list=self.allow_list,
-            hello=HelloInfo(cluster_id=self.cluster_id, hsm_id=hsm_record.hsm_id),
+            hello=HelloInfo(cluster_id=self.trust_identity, hsm_id=hsm_record.hsm_id),
         )
         await host.start()
         running.host = host

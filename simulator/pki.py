@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -282,6 +283,20 @@ def cluster_subject(serial: str, cluster_id: str) -> x509.Name:
             ),
         ]
     )
+
+
+_PARTITION_CN = re.compile(r"HSM:(?P<serial>[^:]+):PARTN:(?P<partition>[^,]+)(?:, for FIPS mode)?")
+
+
+def partition_of(cert_pem: bytes) -> str | None:
+    """The cluster a cluster certificate names in its CN (``...:PARTN:<cluster-id>``)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        value = attribute.value if isinstance(attribute.value, str) else ""
+        match = _PARTITION_CN.fullmatch(value)
+        if match:
+            return match.group("partition")
+    return None
 
 
 @dataclass(frozen=True)

@@ -374,16 +374,33 @@ def test_backup_restores_into_a_new_cluster(
     assert described["Hsms"] == []
     hsm = running.run(restored.add_hsm())
     assert running.run(restored.describe())["State"] == "ACTIVE"
-    # The restored HSM holds exactly the token keys the backed-up HSM held. (Read
-    # in process: the restored cluster presents the source cluster's certificate,
-    # whose subject names the source cluster, which the client refuses by design.)
+    # The restored HSM holds exactly the token keys the backed-up HSM held.
     from simulator.sync import _as_appliance
 
     digests = _as_appliance(Op.KEY_DIGESTS, {})
     source_keys = running.run(cluster.hsms[first].call(digests))["keys"]
     restored_keys = running.run(restored.hsms[hsm.hsm_id].call(digests))["keys"]
     assert restored_keys == source_keys
-    assert len(restored_keys) >= 1
+    # And a client reaches it with the same customer CA and no ceremony: the HSM
+    # presents the backed-up cluster's certificate and announces that cluster.
+    assert restored.trust_identity == cluster.cluster_id
+
+    async def labels_through_the_client() -> set[str]:
+        settings = ChannelSettings(
+            hsm_ca_pem=operator.settings.hsm_ca_pem, server_ca_pem=cluster.aws_root_pem
+        )
+        _, host, port = restored.addresses()[0]
+        connection = await HsmConnection.open(host, port, settings)
+        try:
+            await connection.call(
+                "login", {"username": "alice", "role": "crypto-user", "password": "alice-pass1"}
+            )
+            found = await connection.call("key.find", {})
+        finally:
+            await connection.close()
+        return {k["attributes"]["label"] for k in found["keys"]}
+
+    assert "kept-in-backup" in asyncio.run(labels_through_the_client())
     with pytest.raises(ClusterStateError, match="still has 1 HSM"):
         running.run(cluster.delete_cluster(restored.cluster_id))
     running.run(restored.remove_hsm(hsm.hsm_id))

@@ -458,3 +458,10 @@ def test_ids_match_the_boto_patterns(mint: object) -> None:
     assert sum(check(value) for check in checks) == 1
     if not value.startswith("eni-"):
         assert len(value.split("-", 1)[1]) == ids.ID_LENGTH
+
+
+def test_partition_of_reads_the_cluster_from_a_signed_certificate(
+    trust: dict[str, bytes], customer_ca: pki.Credential
+) -> None:
+    assert pki.partition_of(pki.sign_cluster_csr(trust["csr"], customer_ca)) == CLUSTER_ID
+    assert pki.partition_of(customer_ca.cert_pem) is None
