@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -29,7 +30,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ from simulator.errors import SimulatorError
 from simulator.sync import DEFAULT_LAG
 
 DEFAULT_DATA_DIR = Path("cloudhsm-local-data")
+
+#: Held (flock) by the `up` serving a data directory; holds its pid.
+LOCK_FILE = "up.lock"
 
 #: Seconds to wait for every server host to accept a TCP connection.
 READY_TIMEOUT = 30.0
@@ -158,6 +162,34 @@ def _ready_document(cluster: LocalCluster, data_dir: Path, config_path: Path) ->
         "server_ca_file": str(data_dir / AWS_ROOT_FILE),
         "pid": os.getpid(),
     }
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory's lock: two processes must never serve one cluster."""
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True, mode=0o700)
+    lock_path = data_dir / LOCK_FILE
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise CommandError(
+                f"{data_dir} is already served by cloudhsm-local up (pid {holder}); stop it "
+                "first or choose another --data-dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 async def _up(args: argparse.Namespace) -> int:
@@ -565,7 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.hsms = 3
             args.data_dir_path = Path(args.data_dir).absolute()
             args.ready_file_path = Path(args.ready_file).absolute() if args.ready_file else None
-            return asyncio.run(_up(args))
+            with _exclusive(args.data_dir_path):
+                return asyncio.run(_up(args))
         if args.command == "fault":
             return _fault(args)
         handlers = {

@@ -242,3 +242,15 @@ def test_hsm_add_remove_and_faults_against_a_running_up(
         servers = json.loads(config_path.read_text())["clusters"][0]["cluster"]["servers"]
         assert len(servers) == 1
     assert _last_run(tmp_path)["returncode"] == 0
+
+
+def test_a_second_up_on_the_same_data_dir_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_up(tmp_path, hsms=1) as ready:
+        code = main(["up", "--data-dir", ready["data_dir"], "--hsms", "1"])
+        assert code == 1
+        assert (
+            f"already served by cloudhsm-local up (pid {ready['pid']})" in capsys.readouterr().err
+        )
+    assert _last_run(tmp_path)["returncode"] == 0
