@@ -286,3 +286,255 @@ def test_share_and_set_attribute(cli: CloudHsmCli, crypto_user: Callable[[], Cre
         "--value",
         "perhaps",
     )
+
+
+AES_MECHANISMS = ("aes-gcm", "cloudhsm-aes-gcm", "aes-no-pad", "aes-pkcs5-pad", "aes-zero-pad")
+RSA_MECHANISMS = ("rsa-oaep", "rsa-aes", "rsa-pkcs")
+
+
+def test_every_wrap_mechanism_round_trips(
+    cli: CloudHsmCli, crypto_user: Callable[[], Credentials], tmp_path: Path
+) -> None:
+    user = cli.as_user(crypto_user())
+    user.ok(
+        "key",
+        "generate-symmetric",
+        "aes",
+        "--label",
+        "w-kek",
+        "--key-length-bytes",
+        "32",
+        "--attributes",
+        "wrap=true",
+        "unwrap=true",
+    )
+    user.ok(
+        "key",
+        "generate-asymmetric-pair",
+        "rsa",
+        "--modulus-size-bits",
+        "2048",
+        "--public-exponent",
+        "65537",
+        "--public-label",
+        "w-rsa-pub",
+        "--private-label",
+        "w-rsa-priv",
+        "--public-attributes",
+        "wrap=true",
+        "--private-attributes",
+        "unwrap=true",
+    )
+    user.ok("key", "generate-symmetric", "aes", "--label", "w-payload", "--key-length-bytes", "16")
+    payload = user.ok("key", "list", "--filter", "attr.label=w-payload", "--verbose")[
+        "matched_keys"
+    ][0]
+    for mechanism in AES_MECHANISMS + RSA_MECHANISMS:
+        rsa_based = mechanism in RSA_MECHANISMS
+        options = (
+            ["--hash-function", "sha256", "--mgf", "mgf1-sha256"]
+            if mechanism in ("rsa-oaep", "rsa-aes")
+            else []
+        )
+        wrapping = "attr.label=w-rsa-pub" if rsa_based else "attr.label=w-kek"
+        unwrapping = "attr.label=w-rsa-priv" if rsa_based else "attr.label=w-kek"
+        wrapped = user.ok(
+            "key",
+            "wrap",
+            mechanism,
+            "--payload-filter",
+            "attr.label=w-payload",
+            "--wrapping-filter",
+            wrapping,
+            *options,
+        )
+        assert wrapped["payload_key_reference"] == payload["key-reference"], mechanism
+        extra = ["--iv", wrapped["iv"]] if mechanism == "aes-gcm" else []
+        label = f"w-copy-{mechanism}"
+        unwrapped = user.ok(
+            "key",
+            "unwrap",
+            mechanism,
+            "--filter",
+            unwrapping,
+            "--key-type-class",
+            "aes",
+            "--label",
+            label,
+            "--data",
+            wrapped["wrapped_key_data"],
+            *options,
+            *extra,
+        )
+        copy = unwrapped["key"]["attributes"]
+        assert copy["check-value"] == payload["attributes"]["check-value"], mechanism
+        assert copy["local"] is False, mechanism
+
+    # --path writes the raw wrapped bytes, and --data-path reads them back.
+    path = tmp_path / "wrapped.bin"
+    written = user.ok(
+        "key",
+        "wrap",
+        "aes-no-pad",
+        "--payload-filter",
+        "attr.label=w-payload",
+        "--wrapping-filter",
+        "attr.label=w-kek",
+        "--path",
+        str(path),
+    )
+    assert written["wrapped_key_data_path"] == str(path)
+    unwrapped = user.ok(
+        "key",
+        "unwrap",
+        "aes-no-pad",
+        "--filter",
+        "attr.label=w-kek",
+        "--key-type-class",
+        "aes",
+        "--label",
+        "w-from-file",
+        "--data-path",
+        str(path),
+    )
+    assert unwrapped["key"]["attributes"]["check-value"] == payload["attributes"]["check-value"]
+    assert (
+        user.error(
+            "key",
+            "unwrap",
+            "aes-no-pad",
+            "--filter",
+            "attr.label=w-kek",
+            "--key-type-class",
+            "aes",
+            "--label",
+            "w-bad",
+            "--data",
+            "not base64!",
+        )
+        == "--data is not valid base64"
+    )
+
+
+def test_rsa_signatures_and_pem_import(
+    cli: CloudHsmCli, crypto_user: Callable[[], Credentials], tmp_path: Path
+) -> None:
+    user = cli.as_user(crypto_user())
+    user.ok(
+        "key",
+        "generate-asymmetric-pair",
+        "rsa",
+        "--modulus-size-bits",
+        "2048",
+        "--public-exponent",
+        "65537",
+        "--public-label",
+        "s-rsa-pub",
+        "--private-label",
+        "s-rsa-priv",
+        "--public-attributes",
+        "verify=true",
+        "--private-attributes",
+        "sign=true",
+    )
+    data_path = tmp_path / "data.bin"
+    data_path.write_bytes(b"pay 100 to bob")
+    for mechanism, options in (
+        ("rsa-pkcs", []),
+        ("rsa-pkcs-pss", ["--mgf", "mgf1-sha256", "--salt-length", "32"]),
+    ):
+        signed = user.ok(
+            "crypto",
+            "sign",
+            mechanism,
+            "--key-filter",
+            "attr.label=s-rsa-priv",
+            "--hash-function",
+            "sha256",
+            "--data-path",
+            str(data_path),
+            *options,
+        )
+        signature_path = tmp_path / f"{mechanism}.sig"
+        signature_path.write_text(signed["signature"])
+        verified = user.ok(
+            "crypto",
+            "verify",
+            mechanism,
+            "--key-filter",
+            "attr.label=s-rsa-pub",
+            "--hash-function",
+            "sha256",
+            "--data-path",
+            str(data_path),
+            "--signature-path",
+            str(signature_path),
+            *options,
+        )
+        assert verified == {"message": "Signature verified successfully"}
+    assert "--mgf must use the same hash" in user.error(
+        "crypto",
+        "sign",
+        "rsa-pkcs-pss",
+        "--key-filter",
+        "attr.label=s-rsa-priv",
+        "--hash-function",
+        "sha256",
+        "--data-path",
+        str(data_path),
+        "--mgf",
+        "mgf1-sha1",
+        "--salt-length",
+        "32",
+    )
+    pem = tmp_path / "s-rsa-pub.pem"
+    user.ok(
+        "key",
+        "generate-file",
+        "--encoding",
+        "pem",
+        "--path",
+        str(pem),
+        "--filter",
+        "attr.label=s-rsa-pub",
+    )
+    fake = tmp_path / "s-rsa-priv.pem"
+    user.ok(
+        "key",
+        "generate-file",
+        "--encoding",
+        "reference-pem",
+        "--path",
+        str(fake),
+        "--filter",
+        "attr.label=s-rsa-priv",
+    )
+    assert fake.read_bytes().startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    imported = user.ok(
+        "key",
+        "import",
+        "pem",
+        "--path",
+        str(pem),
+        "--label",
+        "s-imported",
+        "--key-type-class",
+        "rsa-public",
+    )
+    attributes = imported["key"]["attributes"]
+    assert attributes["class"] == "public-key"
+    assert attributes["local"] is False
+    assert (
+        user.error(
+            "key",
+            "import",
+            "pem",
+            "--path",
+            str(tmp_path / "missing.pem"),
+            "--label",
+            "x",
+            "--key-type-class",
+            "rsa-public",
+        )
+        == f"PEM file {tmp_path / 'missing.pem'} does not exist"
+    )
