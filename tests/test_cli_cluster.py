@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from fixtures.clients import CloudHsmCli, Credentials, run_cli
@@ -129,3 +130,59 @@ def test_several_clusters_need_cluster_id(
     wrong = run_cli(path, ["user", "list", "--cluster-id", "cluster-zzzzzzzzzzz"])
     assert wrong["error_code"] == 1
     assert "cluster-zzzzzzzzzzz" in wrong["data"]
+
+
+def test_user_made_while_an_hsm_is_down_is_inconsistent_until_rerun(
+    cluster_factory: Callable[..., ClusterUnderTest], tmp_path: Path
+) -> None:
+    cluster = cluster_factory(hsms=2)
+    controls = cluster.require_local()
+    admin = CloudHsmCli(cluster).as_admin()
+    second = cluster.servers()[1]
+    hsm_id = next(
+        h for h, running in controls.cluster.hsms.items() if running.record.port == second["port"]
+    )
+    controls.run(controls.cluster.faults.stop_hsm(hsm_id))
+    try:
+        made = admin.ok(
+            "user",
+            "create",
+            "--username",
+            "late_joiner",
+            "--role",
+            "crypto-user",
+            "--password",
+            "late-joiner-pw",
+        )
+        assert made == {"username": "late_joiner", "role": "crypto-user"}
+    finally:
+        controls.run(controls.cluster.faults.start_hsm(hsm_id))
+    listed = {u["username"]: u for u in admin.ok("user", "list")["users"]}
+    assert listed["late_joiner"]["cluster-coverage"] == "inconsistent"
+    assert listed["admin"]["cluster-coverage"] == "full"
+    # Through the HSM that missed the change, the user cannot log in.
+    document = json.loads(cluster.config_path.read_text())
+    document["clusters"][0]["cluster"]["servers"] = [second]
+    only_second = tmp_path / "second.cfg"
+    only_second.write_text(json.dumps(document))
+    refused = run_cli(
+        only_second, ["key", "list"], role="crypto-user", pin="late_joiner:late-joiner-pw"
+    )
+    assert refused["data"] == "Incorrect authentication credentials"
+    # Re-running the command repairs it.
+    admin.ok(
+        "user",
+        "create",
+        "--username",
+        "late_joiner",
+        "--role",
+        "crypto-user",
+        "--password",
+        "late-joiner-pw",
+    )
+    listed = {u["username"]: u for u in admin.ok("user", "list")["users"]}
+    assert listed["late_joiner"]["cluster-coverage"] == "full"
+    accepted = run_cli(
+        only_second, ["key", "list"], role="crypto-user", pin="late_joiner:late-joiner-pw"
+    )
+    assert accepted["error_code"] == 0
