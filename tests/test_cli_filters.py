@@ -90,3 +90,14 @@ def test_envelope_is_the_cli_json() -> None:
         "data": "Logout successful",
     }
     assert envelope(1, "x").startswith('{\n  "error_code": 1,\n  "data": "x"\n}')
+
+
+def test_values_with_spaces_stay_whole() -> None:
+    assert parse_filter(["attr.label=my key"]).to_args() == {"filter": {"label": "my key"}}
+    assert parse_filter(["attr.label=my key attr.class=secret-key"]).to_args() == {
+        "filter": {"label": "my key", "class": "secret-key"}
+    }
+    assert parse_attribute_assignments(["label=two words", "sign=true"], "--attributes") == {
+        "label": "two words",
+        "sign": True,
+    }

@@ -9,6 +9,7 @@ integers, everything else text. A malformed term is refused before anything is s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,10 +124,15 @@ class KeyFilter:
         return args
 
 
+#: Where one argument holds several terms ("attr.a=1 attr.b=2"): before each new term only,
+#: so a quoted value with spaces (attr.label="my key") stays whole.
+_TERM_BOUNDARY = re.compile(r"\s+(?=attr\.|key-reference=)")
+
+
 def _split_terms(terms: Iterable[str]) -> list[str]:
     out: list[str] = []
     for term in terms:
-        out.extend(part for part in term.split(" ") if part)
+        out.extend(part for part in _TERM_BOUNDARY.split(term.strip()) if part)
     return out
 
 
