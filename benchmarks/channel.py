@@ -14,8 +14,9 @@ Each figure has its own baseline, measured here on the same machine:
   client awaits one future per message, as the channel's client does. A raw
   byte echo (no per-message handling at all) is printed for information.
 
-Servers run in a child process (as ``cloudhsm-local up`` runs apart from its
-clients), the clients in this one. The cluster certificate has the shape
+Servers run in child processes (as ``cloudhsm-local up`` runs apart from its
+clients), the clients in this one; the channel and its baseline are measured in
+alternating slices so that a shared machine's background load hits both alike. The cluster certificate has the shape
 ``cloudhsm-local up`` gives it: an RSA-2048 cluster key signed by the customer CA.
 """
 
@@ -31,7 +32,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import TypeVar
 
 from client.connection import ChannelSettings, HsmConnection
 from fixtures.trust import (
@@ -50,11 +53,14 @@ PIPELINED_TARGET = 0.5
 IN_FLIGHT = 32
 MESSAGE = b"\x5a" * 64
 
+_P = TypeVar("_P", bound=asyncio.Protocol)
+
 #: The request timed on the channel: the smallest answer an HSM gives.
 OP = "session.whoami"
 
-#: Seconds each measurement runs (after a short warm-up).
+#: Seconds each side of a measurement runs (after a short warm-up), in SLICES slices.
 DURATION = 1.5
+SLICES = 6
 
 
 @dataclass(frozen=True)
@@ -69,16 +75,31 @@ class Figure:
         return self.rate / self.baseline
 
 
-async def _rate(operation: Callable[[], Awaitable[int]], duration: float = DURATION) -> float:
-    """Operations per second over ``duration`` (each call reports how many it did)."""
-    warm_until = time.perf_counter() + 0.2
-    while time.perf_counter() < warm_until:
-        await operation()
-    done = 0
-    started = time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < duration:
-        done += await operation()
-    return done / elapsed
+Operation = Callable[[], Awaitable[int]]
+
+
+async def _interleaved(ours: Operation, baseline: Operation) -> tuple[float, float]:
+    """Rates of two operations measured in alternating slices.
+
+    The machine may be shared; alternating short slices exposes both sides to
+    the same background load, so their ratio is stable even when rates drift.
+    """
+    for operation in (ours, baseline):  # warm-up: connections, caches, JIT-free paths
+        warm_until = time.perf_counter() + 0.1
+        while time.perf_counter() < warm_until:
+            await operation()
+    totals = {id(ours): [0, 0.0], id(baseline): [0, 0.0]}
+    for _ in range(SLICES):
+        for operation in (ours, baseline):
+            done = 0
+            started = time.perf_counter()
+            while (elapsed := time.perf_counter() - started) < DURATION / SLICES:
+                done += await operation()
+            totals[id(operation)][0] += done
+            totals[id(operation)][1] += elapsed
+    ours_done, ours_time = totals[id(ours)]
+    base_done, base_time = totals[id(baseline)]
+    return ours_done / ours_time, base_done / base_time
 
 
 # -- the plain TLS baseline -----------------------------------------------------------------
@@ -153,72 +174,104 @@ class _RawEchoClient(asyncio.Protocol):
         return count
 
 
-async def _baseline(port: int, client_context: ssl.SSLContext) -> dict[str, float]:
-    loop = asyncio.get_running_loop()
+class _Baseline:
+    """The plain TLS side: handshakes, per-message echo, raw byte echo."""
 
-    async def handshake() -> int:
-        transport, _ = await loop.create_connection(
-            asyncio.Protocol, "127.0.0.1", port, ssl=client_context, server_hostname="127.0.0.1"
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        self._port = port
+        self._context = context
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def _connect(self, factory: Callable[[], _P]) -> _P:
+        transport, protocol = await asyncio.get_running_loop().create_connection(
+            factory, "127.0.0.1", self._port, ssl=self._context, server_hostname="127.0.0.1"
         )
+        self._transports.append(transport)
+        return protocol
+
+    async def start(self) -> None:
+        self.echo = await self._connect(_EchoClient)
+        self.raw = await self._connect(_RawEchoClient)
+
+    async def handshake(self) -> int:
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", self._port, ssl=self._context,
+            server_hostname="127.0.0.1",
+        )  # fmt: skip
         transport.close()
         return 1
 
-    figures = {"setup": await _rate(handshake)}
-    transport, client = await loop.create_connection(
-        _EchoClient, "127.0.0.1", port, ssl=client_context, server_hostname="127.0.0.1"
-    )
-
-    async def sequential() -> int:
-        await client.echo()
+    async def sequential(self) -> int:
+        await self.echo.echo()
         return 1
 
-    async def pipelined() -> int:
+    async def pipelined(self) -> int:
         async def worker() -> None:
             for _ in range(4):
-                await client.echo()
+                await self.echo.echo()
 
         await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
         return IN_FLIGHT * 4
 
-    figures["sequential"] = await _rate(sequential)
-    figures["pipelined"] = await _rate(pipelined)
-    transport.close()
-    transport, raw = await loop.create_connection(
-        _RawEchoClient, "127.0.0.1", port, ssl=client_context, server_hostname="127.0.0.1"
-    )
-    figures["raw"] = await _rate(lambda: raw.window(IN_FLIGHT))
-    transport.close()
-    return figures
+    async def raw_window(self) -> int:
+        return await self.raw.window(IN_FLIGHT)
+
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
 
 
 # -- the channel --------------------------------------------------------------------------------
 
 
-async def _channel(host: str, port: int, settings: ChannelSettings) -> dict[str, float]:
-    async def setup_once() -> int:
-        connection = await HsmConnection.open(host, port, settings)
+class _Channel:
+    """The end-to-end side: channel set-up and requests on one channel."""
+
+    def __init__(self, port: int, settings: ChannelSettings) -> None:
+        self._port = port
+        self._settings = settings
+
+    async def start(self) -> None:
+        self.connection = await HsmConnection.open("127.0.0.1", self._port, self._settings)
+
+    async def setup(self) -> int:
+        connection = await HsmConnection.open("127.0.0.1", self._port, self._settings)
         await connection.close()
         return 1
 
-    figures = {"setup": await _rate(setup_once)}
-    connection = await HsmConnection.open(host, port, settings)
-
-    async def sequential() -> int:
-        await connection.call(OP, {})
+    async def sequential(self) -> int:
+        await self.connection.call(OP, {})
         return 1
 
-    async def pipelined() -> int:
+    async def pipelined(self) -> int:
         async def worker() -> None:
             for _ in range(4):
-                await connection.call(OP, {})
+                await self.connection.call(OP, {})
 
         await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
         return IN_FLIGHT * 4
 
-    figures["sequential"] = await _rate(sequential)
-    figures["pipelined"] = await _rate(pipelined)
-    await connection.close()
-    return figures
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+async def _compare(channel: _Channel, baseline: _Baseline) -> list[Figure]:
+    await channel.start()
+    await baseline.start()
+    try:
+        setup = await _interleaved(channel.setup, baseline.handshake)
+        sequential = await _interleaved(channel.sequential, baseline.sequential)
+        pipelined = await _interleaved(channel.pipelined, baseline.pipelined)
+        raw = await _interleaved(channel.pipelined, baseline.raw_window)
+    finally:
+        await channel.close()
+        baseline.close()
+    return [
+        Figure("channel set-up (outer + inner TLS) /s", *setup, SETUP_TARGET),
+        Figure("round trips, sequential /s", *sequential, None),
+        Figure(f"round trips, {IN_FLIGHT} in flight /s", *pipelined, PIPELINED_TARGET),
+        Figure(f"  (vs raw byte echo, {IN_FLIGHT} in flight) /s", *raw, None),
+    ]
 
 
 def _rsa_cluster_credential(customer_ca: CertificateAuthority) -> Credential:
@@ -284,52 +337,41 @@ def _serve(kind: str, material: _Material, pipe: Connection) -> None:
         target.stop()
 
 
-def _in_child(
-    kind: str, material: _Material, run: Callable[[int], dict[str, float]]
-) -> dict[str, float]:
+def _start_child(kind: str, material: _Material) -> tuple[BaseProcess, Connection, int]:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_serve, args=(kind, material, child), daemon=True)
     process.start()
-    try:
-        if not parent.poll(60):
-            raise RuntimeError(f"the {kind} server did not start")
-        port = parent.recv()
-        return run(port)
-    finally:
-        parent.send("stop")
-        process.join(30)
-        if process.is_alive():
-            process.kill()
-            process.join()
+    if not parent.poll(60):
+        process.kill()
+        raise RuntimeError(f"the {kind} server did not start")
+    return process, parent, int(parent.recv())
+
+
+def _stop_child(process: BaseProcess, pipe: Connection) -> None:
+    pipe.send("stop")
+    process.join(30)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 def measure() -> list[Figure]:
     material = _material()
     client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_context.load_verify_locations(cadata=material.aws_root[0].decode())
-    base = _in_child(
-        "baseline", material, lambda port: asyncio.run(_baseline(port, client_context))
-    )
     settings = ChannelSettings(
         hsm_ca_pem=material.customer_ca[0], server_ca_pem=material.aws_root[0]
     )
-    ours = _in_child(
-        "channel", material, lambda port: asyncio.run(_channel("127.0.0.1", port, settings))
-    )
-    return [
-        Figure("channel set-up (outer + inner TLS) /s", ours["setup"], base["setup"], SETUP_TARGET),
-        Figure("round trips, sequential /s", ours["sequential"], base["sequential"], None),
-        Figure(
-            f"round trips, {IN_FLIGHT} in flight /s",
-            ours["pipelined"],
-            base["pipelined"],
-            PIPELINED_TARGET,
-        ),
-        Figure(
-            f"  (vs raw byte echo, {IN_FLIGHT} in flight) /s", ours["pipelined"], base["raw"], None
-        ),
-    ]
+    children = [_start_child(kind, material) for kind in ("channel", "baseline")]
+    try:
+        (_, _, channel_port), (_, _, baseline_port) = children
+        return asyncio.run(
+            _compare(_Channel(channel_port, settings), _Baseline(baseline_port, client_context))
+        )
+    finally:
+        for process, pipe, _ in children:
+            _stop_child(process, pipe)
 
 
 def main() -> None:

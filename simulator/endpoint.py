@@ -227,7 +227,6 @@ class EndpointChannel:
         self._session_tried = False
         self._closed = False
         self._outbox = bytearray()
-        self._flush_scheduled = False
         self.client_cert_der: bytes | None = None
 
     @property
@@ -351,12 +350,10 @@ class EndpointChannel:
             self._outbox += wire
             if op in _POLICY_OPS:
                 self._endpoint._policy_changed()
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        # The worker already coalesced this batch: send it now, in one record.
+        self._flush()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
         if self._closed or not self._outbox:
             return
         self._pump.write(bytes(self._outbox))
