@@ -163,3 +163,46 @@ def test_each_connection_has_its_own_login(
 def test_no_daemon_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConnectionLost, match="cannot reach the cloudhsm-client daemon"):
         Session.connect_daemon(tmp_path / "absent.sock")
+
+
+def test_socket_group_opens_the_socket_to_that_group(
+    cloudhsm_cluster: ClusterUnderTest, tmp_path: Path
+) -> None:
+    import grp
+    import os
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    socket_path = tmp_path / "group.sock"
+
+    async def scenario() -> None:
+        server = DaemonServer(load_config(cloudhsm_cluster.config_path), socket_path, group=group)
+        await server.start()
+        try:
+            status = socket_path.stat()
+            assert stat.S_IMODE(status.st_mode) == 0o660
+            assert status.st_gid == os.getgid()
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_configuration_fails_cleanly(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client.daemon",
+            "--config",
+            str(tmp_path / "missing.cfg"),
+            "--socket",
+            str(tmp_path / "s.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"Configuration file {tmp_path / 'missing.cfg'} does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
