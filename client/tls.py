@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 
 from client import errors
@@ -141,18 +142,63 @@ def check_customer_ca(pem: bytes, *, source: str = "customerCA.crt") -> Customer
     return CustomerCa(pem=pem, certificates=certificates, source=source)
 
 
+def check_client_certificate(cert_path: Path, key_path: Path, *, layer: str) -> None:
+    """Validate a client certificate chain and key before any connection uses them.
+
+    ``layer`` names the option in messages ("server (host layer)" for
+    ``--server-client-cert-file``, "HSM (mTLS layer)" for
+    ``--client-cert-hsm-tls-file``).
+    """
+    try:
+        chain_pem = cert_path.read_bytes()
+    except FileNotFoundError:
+        raise errors.ConfigurationError(
+            f"{layer} client certificate file not found: {cert_path}"
+        ) from None
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"{layer} client certificate {cert_path} cannot be read: {exc.strerror}"
+        ) from None
+    try:
+        key_pem = key_path.read_bytes()
+    except FileNotFoundError:
+        raise errors.ConfigurationError(f"{layer} client key file not found: {key_path}") from None
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"{layer} client key {key_path} cannot be read: {exc.strerror}"
+        ) from None
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise errors.ConfigurationError(
+            f"{layer} client certificate {cert_path} is not a PEM certificate chain"
+        ) from None
+    try:
+        key = load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise errors.ConfigurationError(
+            f"{layer} client key {key_path} is encrypted; a key without a passphrase is required"
+        ) from None
+    except ValueError:
+        raise errors.ConfigurationError(
+            f"{layer} client key {key_path} is not a PEM private key"
+        ) from None
+    if key.public_key() != chain[0].public_key():
+        raise errors.ConfigurationError(
+            f"{layer} client key {key_path} does not match the certificate "
+            f"{chain[0].subject.rfc4514_string()!r} in {cert_path}"
+        )
+
+
 def _load_client_certificate(
     context: ssl.SSLContext, pair: tuple[Path, Path] | None, layer: str
 ) -> None:
     if pair is None:
         return
     cert_path, key_path = pair
+    check_client_certificate(cert_path, key_path, layer=layer)
     try:
         context.load_cert_chain(str(cert_path), str(key_path))
-    except FileNotFoundError as exc:
-        raise errors.ConfigurationError(
-            f"{layer} client certificate file not found: {exc.filename}"
-        ) from None
     except (ssl.SSLError, OSError) as exc:
         raise errors.ConfigurationError(
             f"{layer} client certificate {cert_path} and key {key_path} cannot be used: {exc}"

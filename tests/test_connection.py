@@ -185,3 +185,39 @@ def test_oversized_request_is_refused_locally(single_hsm_target: SingleHsmTarget
 
     asyncio.run(scenario())
     assert target.hsm.ops == ["hsm.info"]
+
+
+@pytest.mark.parametrize(
+    ("problem", "says"),
+    [
+        ("missing-cert", "client certificate file not found"),
+        ("missing-key", "client key file not found"),
+        ("garbage-cert", "is not a PEM certificate chain"),
+        ("garbage-key", "is not a PEM private key"),
+        ("other-key", "does not match the certificate 'CN=ssl-client"),
+    ],
+)
+def test_client_certificate_files_are_checked(
+    single_hsm_target: SingleHsmTarget, tmp_path: Path, problem: str, says: str
+) -> None:
+    issuer = CertificateAuthority.generate("client issuer")
+    cert, key = issuer.issue_client("ssl-client").write(tmp_path, "ssl-client")
+    if problem == "missing-cert":
+        cert.unlink()
+    elif problem == "missing-key":
+        key.unlink()
+    elif problem == "garbage-cert":
+        cert.write_bytes(b"not a certificate")
+    elif problem == "garbage-key":
+        key.write_bytes(b"not a key")
+    else:
+        key.write_bytes(issuer.issue_client("someone else").key_pem)
+    for layer, field in (("HSM (mTLS layer)", "hsm_client_cert"), ("server", "server_client_cert")):
+        settings = single_hsm_target.settings_with(**{field: (cert, key)})
+        with pytest.raises(errors.ConfigurationError) as caught:
+            asyncio.run(
+                HsmConnection.open(single_hsm_target.host, single_hsm_target.port, settings)
+            )
+        assert says in str(caught.value)
+        assert layer in str(caught.value)
+    assert not single_hsm_target.hsm.reached
