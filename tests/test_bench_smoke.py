@@ -32,18 +32,22 @@ def test_fullstack_without_softhsm_prints_every_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     absent = tmp_path / "libsofthsm2.so"
-    fullstack.main(duration=0.05, hsm_counts=(2,), softhsm_library=str(absent))
+    fullstack.main(duration=0.05, hsm_counts=(1,), softhsm_library=str(absent), repeats=1)
     out = capsys.readouterr().out
     assert f"SoftHSMv2 skipped: {absent} not found (apt-get install softhsm2)" in out
     for operation in (fullstack.RSA, fullstack.ECDSA):
         assert operation.title in out
     assert out.count("cryptography in process, 1 thread") == 2
-    for check in ("on", "off"):
-        assert out.count(f"full stack, 2 HSMs, check {check}, 32 in flight") == 2
+    # One HSM cannot pass the key availability check: measured with it off.
+    assert out.count("full stack, 1 HSM, check off, 32 in flight") == 2
+    assert "check on" not in out
     # Without the baseline no target is judged, rather than judged against nothing.
-    assert out.count("(no SoftHSM baseline)") == 4
+    assert out.count("(no SoftHSM baseline)") == 2
     assert "met" not in out
     assert "MISSED" not in out
+    # The per-layer breakdown of the 1-HSM cluster.
+    for layer in ("HsmConnection.call", "ClusterView.call", "AsyncSession.sign"):
+        assert layer in out
 
 
 def test_softhsm_absence_is_a_reason_not_an_error(tmp_path: Path) -> None:
@@ -56,7 +60,7 @@ def test_softhsm_absence_is_a_reason_not_an_error(tmp_path: Path) -> None:
     reason=f"SoftHSMv2 baseline needs it installed: {_softhsm.unavailable_reason()}",
 )
 def test_softhsm_baseline_signs() -> None:
-    rates = _softhsm.measure(0.05)
+    rates = _softhsm.measure(0.05, repeats=2)
     assert isinstance(rates, _softhsm.SoftHsmRates), rates
     assert rates.rsa > 0
     assert rates.ecdsa > 0
