@@ -303,7 +303,10 @@ class HsmConnection:
         self._messages.receive_data(plaintext)
         while not self._setup_frames.empty():
             queued = self._setup_frames.get_nowait()
-            if queued is not None:
+            if queued is None:
+                # The connection ended right after the HSM confirmed the channel.
+                self._fail(errors.ConnectionLost(f"the connection to {self.peer} was lost"))
+            else:
                 self._on_frame(queued)
         if self._failure is not None:
             raise self._failure
