@@ -13,8 +13,16 @@ import pytest
 from client import errors
 from client.connection import HsmConnection
 from fixtures.trust import RawHostConnection, SingleHsmTarget, TargetFactory
-from protocol.channel import encode_hello, parse_host_error
-from protocol.framing import Frame, FrameType, HostErrorCode
+from protocol.channel import (
+    choose_version,
+    encode_hello,
+    encode_host_error,
+    parse_hello,
+    parse_host_error,
+)
+from protocol.errors import MessageError, VersionMismatch
+from protocol.framing import Frame, FrameDecoder, FrameType, HostErrorCode
+from protocol.messages import encode_cbor
 from simulator import host as host_module
 from simulator.endpoint import EndpointError, HsmEndpoint
 
@@ -192,3 +200,37 @@ def test_inner_handshake_must_come_promptly(
     assert refusal.code is HostErrorCode.PROTOCOL_ERROR
     assert "no TLS handshake with the HSM within 0.5 s" in refusal.message
     assert target.endpoint.channel_count == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        ({"versions": []}, "non-empty list"),
+        ({"versions": [True]}, "non-empty list"),
+        ({"versions": list(range(17))}, "at most 16"),
+        ({"versions": [1], "client": 7}, "'client' must be text"),
+        ({"versions": [1], "client": "x" * 129}, "at most 128"),
+        ([1], "must be a CBOR map"),
+    ],
+)
+def test_hello_payloads_are_checked(payload: object, says: str) -> None:
+    frame = Frame(FrameType.HELLO, encode_cbor(payload))
+    with pytest.raises(MessageError, match=says):
+        parse_hello(frame)
+
+
+def test_version_choice_and_control_payloads_round_trip() -> None:
+    assert choose_version([1, 5]) == 1
+    with pytest.raises(VersionMismatch, match=r"client offers versions \[0, 2\]"):
+        choose_version([2, 0])
+    decoder = FrameDecoder()
+    decoder.receive_data(
+        encode_hello("n" * 500) + encode_host_error(HostErrorCode.HSM_UNAVAILABLE, "m" * 900)
+    )
+    hello, refusal = decoder.frames()
+    assert parse_hello(hello) == ([1], "n" * 128)
+    error = parse_host_error(refusal)
+    assert error.code is HostErrorCode.HSM_UNAVAILABLE
+    assert error.message == "m" * 512
+    with pytest.raises(MessageError, match="unknown host error code 99"):
+        parse_host_error(Frame(FrameType.HOST_ERROR, encode_cbor({"code": 99, "message": ""})))
