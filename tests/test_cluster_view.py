@@ -378,5 +378,15 @@ def test_key_not_yet_synced_fails_the_check_and_is_found_without_it(
 
     try:
         asyncio.run(scenario())
+        # cloudhsm-cli sees the same thing: the key is on one HSM of two.
+        listed = run_cli(
+            cluster.config_path,
+            ["key", "list", "--filter", "attr.label=lagging", "--verbose"],
+            role="crypto-user",
+            pin="lagging:lagging-pw",
+        )
+        info = listed["data"]["matched_keys"][0]["key-info"]
+        assert info["cluster-coverage"] == "inconsistent"
+        assert info["key-owners"] == [{"username": "lagging", "key-coverage": "inconsistent"}]
     finally:
         controls.run(resume())
