@@ -43,9 +43,7 @@ def build_parser() -> CliParser:
     key_group = keys.register(root)
     wrapping.register(key_group)
     crypto.register(root)
-    leaf = root.command(
-        "interactive", "Start interactive mode", _interactive_placeholder, login=False
-    )
+    leaf = root.command("interactive", "Start interactive mode", _interactive_placeholder)
     del leaf
     return parser
 

@@ -167,10 +167,8 @@ def _first_failure(outcomes: list[MemberOutcome]) -> CliError:
 
 def register(root: CommandGroup) -> None:
     cluster = root.group("cluster", "Manage the cluster")
-    cluster.command(
-        "hsm-info", "Get hardware information about each HSM in the cluster", hsm_info, login=False
-    )
-    leaf = cluster.command("activate", "Activate a cluster", activate, login=False)
+    cluster.command("hsm-info", "Get hardware information about each HSM in the cluster", hsm_info)
+    leaf = cluster.command("activate", "Activate a cluster", activate)
     leaf.add_argument("--password", help="The new password of the admin user")
 
     mtls = cluster.group("mtls", "Manage mutual TLS between the client and the HSMs")

@@ -63,15 +63,13 @@ class CommandGroup:
         child = self.sub.add_parser(name, help=help_text, description=help_text)
         return CommandGroup(child)
 
-    def command(
-        self, name: str, help_text: str, handler: Handler, *, login: bool = True
-    ) -> argparse.ArgumentParser:
+    def command(self, name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
         """A leaf; every leaf takes ``--cluster-id`` like the real CLI."""
         leaf = self.sub.add_parser(name, help=help_text, description=help_text)
         leaf.add_argument(
             "--cluster-id", dest="cluster_id", metavar="<CLUSTER_ID>", help=CLUSTER_ID_HELP
         )
-        leaf.set_defaults(handler=handler, needs_login=login, group_parser=None)
+        leaf.set_defaults(handler=handler, group_parser=None)
         return leaf
 
 

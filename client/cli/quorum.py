@@ -225,9 +225,8 @@ def register(root: CommandGroup) -> None:
         "list-quorum-values",
         "List the quorum values of each service",
         list_quorum_values,
-        login=False,
     )
-    sign.command("list-timeouts", "List the quorum token timeouts", list_timeouts, login=False)
+    sign.command("list-timeouts", "List the quorum token timeouts", list_timeouts)
     leaf = sign.command("set-quorum-value", "Set the quorum value of a service", set_quorum_value)
     leaf.add_argument("--service", required=True, choices=POLICY_SERVICES)
     leaf.add_argument("--value", required=True, type=int)

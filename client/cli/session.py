@@ -39,7 +39,7 @@ async def logout(ctx: CliContext, args: argparse.Namespace) -> Any:
 
 
 def register(root: CommandGroup) -> None:
-    leaf = root.command("login", "Login to your cluster", login, login=False)
+    leaf = root.command("login", "Login to your cluster", login)
     leaf.add_argument("--username", help="Username to access the cluster")
     leaf.add_argument("--role", choices=ROLES, help="Role the user has in the cluster")
     leaf.add_argument("--password", help="Optional: password of the user")

@@ -218,7 +218,7 @@ def _user_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(root: CommandGroup) -> None:
     user = root.group("user", "Manage the users of the cluster")
-    user.command("list", "List the users in your cluster", list_users, login=False)
+    user.command("list", "List the users in your cluster", list_users)
     leaf = user.command("create", "Create a user", create_user)
     _user_arguments(leaf)
     leaf.add_argument("--password", help="Optional: password of the new user")
