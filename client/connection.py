@@ -210,9 +210,15 @@ class HsmConnection:
                 f"cannot reach the server host {self.peer}: {exc.strerror or exc}"
             ) from None
         self._protocol = protocol
-        self._write(encode_hello(CLIENT_NAME))
+        # The hello and the inner ClientHello go out together (the host buffers
+        # TLS frames that follow a hello): one round trip fewer per channel. The
+        # ClientHello carries nothing secret, and nothing is trusted until the
+        # HSM's certificate has been verified.
+        self._pump = TlsPump(inner_context, server_side=False)
+        self._pump.do_handshake()
+        self._write(encode_hello(CLIENT_NAME) + encode_tls(self._pump.take_outgoing()))
         await self._receive_hello()
-        await self._inner_handshake(inner_context)
+        await self._inner_handshake(self._pump)
 
     def _host_failure(self, exc: ssl.SSLError) -> errors.ClientError:
         classified = classify_host_failure(
@@ -266,9 +272,7 @@ class HsmConnection:
             )
         self.hello = hello
 
-    async def _inner_handshake(self, context: ssl.SSLContext) -> None:
-        pump = TlsPump(context, server_side=False)
-        self._pump = pump
+    async def _inner_handshake(self, pump: TlsPump) -> None:
         peer = f"{self.peer} ({self.hello.hsm_id})"
         while True:
             try:
@@ -458,10 +462,13 @@ class HsmConnection:
         """Close the channel: close_notify to the HSM, CLOSE to the host."""
         if self._failure is None:
             self._flush()
+            goodbye = b""
             if self._pump is not None:
                 self._pump.close()
-                self._send_tls(self._pump.take_outgoing())
-            self._write(encode_frame(FrameType.CLOSE))
+                outgoing = self._pump.take_outgoing()
+                goodbye = encode_tls(outgoing) if outgoing else b""
+            # close_notify for the HSM and CLOSE for the host in one write.
+            self._write(goodbye + encode_frame(FrameType.CLOSE))
             self._fail(errors.ConnectionLost(f"the channel to {self.peer} was closed"))
         await self._wait_closed()
 
