@@ -59,6 +59,8 @@ STOP_GRACE = 5.0
 def _host_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Clients never resume outer sessions: tickets would only cost CPU and a send.
+    context.num_tickets = 0
     with tempfile.TemporaryDirectory(prefix="host-cert-") as directory:
         path = os.path.join(directory, "host.pem")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -99,7 +101,10 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._address = ""
         self.peer = "unknown"
-        self.lost = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._plain_out = bytearray()
+        self._out_scheduled = False
+        self.lost = self._loop.create_future()
 
     # -- asyncio callbacks --------------------------------------------------------
 
@@ -273,10 +278,24 @@ class _Connection(asyncio.Protocol):
     # -- closing -------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        """Send plaintext (frames) through the outer TLS."""
+        """Queue plaintext (frames) for the outer TLS.
+
+        Frames written in one event-loop turn leave as one TLS record and one
+        send: a loopback send wakes the peer and costs more than the record.
+        """
         if self.closed or self._stage is _Stage.HANDSHAKE:
             return
-        self._tls.write(data)
+        self._plain_out += data
+        if not self._out_scheduled:
+            self._out_scheduled = True
+            self._loop.call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        self._out_scheduled = False
+        if self.closed or not self._plain_out:
+            return
+        self._tls.write(bytes(self._plain_out))
+        self._plain_out.clear()
         self._flush_tls()
 
     def _flush_tls(self) -> None:
@@ -297,6 +316,7 @@ class _Connection(asyncio.Protocol):
             channel, self._channel = self._channel, None
             channel.close(None)
         if self._stage is not _Stage.HANDSHAKE and not self.closed:
+            self._flush_out()
             self._tls.close()
             self._flush_tls()
         self._close_transport()
