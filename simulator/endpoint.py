@@ -191,6 +191,8 @@ class HsmEndpoint:
         if not policy.enforced:
             return
         # Spec §2.9: after enforcement "cluster", existing non-mTLS connections drop.
+        # Channels still in their handshake began under the old policy and have
+        # shown no certificate yet: they drop too, and their clients reconnect.
         for channel in list(self._channels):
             if channel.client_cert_der is None:
                 channel.abort("mTLS enforcement requires a client certificate")
