@@ -12,7 +12,12 @@ import pytest
 from client import errors
 from client.connection import ChannelSettings, HsmConnection
 from client.errors import HsmStatusError, UnknownOp
-from fixtures.trust import CertificateAuthority, SingleHsmTarget
+from fixtures.trust import (
+    CertificateAuthority,
+    SingleHsmTarget,
+    TargetFactory,
+    issue_cluster_credential,
+)
 from protocol.status import Status
 
 
@@ -221,3 +226,29 @@ def test_client_certificate_files_are_checked(
         assert says in str(caught.value)
         assert layer in str(caught.value)
     assert not single_hsm_target.hsm.reached
+
+
+@pytest.mark.parametrize("trust", ["intermediate only", "intermediate and root"])
+def test_cluster_certificate_from_an_intermediate_ca(
+    make_single_hsm_target: TargetFactory, trust: str
+) -> None:
+    """customerCA.crt may hold the issuing intermediate alone or with its root."""
+    root = CertificateAuthority.generate("customer root")
+    intermediate = root.issue_intermediate("customer issuing CA")
+    credential = issue_cluster_credential(intermediate)
+    target = make_single_hsm_target(cluster_credential=credential)
+    anchors = intermediate.cert_pem + (root.cert_pem if trust == "intermediate and root" else b"")
+    settings = target.settings_with(hsm_ca_pem=anchors)
+
+    async def scenario() -> None:
+        async with await HsmConnection.open(target.host, target.port, settings) as conn:
+            await conn.call("hsm.info")
+
+    asyncio.run(scenario())
+    # The root alone does not vouch for a leaf whose issuer the HSM does not send.
+    with pytest.raises(errors.ClusterCertificateUntrusted):
+        asyncio.run(
+            HsmConnection.open(
+                target.host, target.port, target.settings_with(hsm_ca_pem=root.cert_pem)
+            )
+        )
