@@ -17,6 +17,12 @@ behind a few rules, which this module reproduces:
 * **Failover and reconnect.** When a channel breaks, idempotent requests move to another
   HSM; the broken one is reconnected in the background with backoff and the client's own
   login is re-established on it.
+* **Discovery.** A configuration made from addresses only (``cloudhsm-configure -a``, no
+  ``cluster_id``) is a bootstrap list: the view asks a reached HSM for ``cluster.members``,
+  connects to the HSMs the configuration lacks, and keeps asking (every few seconds, and
+  whenever a channel breaks), so HSMs added later are connected and removed ones dropped
+  (spec §2.6). A configuration that names its cluster lists its servers explicitly and is
+  followed through the file instead (``watch``).
 
 Session keys live on the one HSM that made them; the view remembers where, and routes every
 request naming such a key there.
@@ -60,6 +66,8 @@ RECONNECT_CAP = 2.0
 KEY_AVAILABILITY_TTL = 5.0
 #: How often a watching view looks at its configuration file for membership changes.
 MEMBERSHIP_POLL = 1.0
+#: How often a discovering view asks the cluster for its members (seconds).
+MEMBERSHIP_REFRESH = 3.0
 #: HSMs a token key must be on before it may be used (key availability check).
 KEY_AVAILABILITY_MINIMUM = 2
 
@@ -68,6 +76,7 @@ KEY_AVAILABILITY_MINIMUM = 2
 IDEMPOTENT_OPS = frozenset(
     {
         Op.HSM_INFO,
+        Op.CLUSTER_MEMBERS,
         Op.USER_LIST,
         Op.QUORUM_VALUES,
         Op.QUORUM_TIMEOUTS,
@@ -217,13 +226,25 @@ class ClusterView:
         retry_mode: str = "standard",
         key_availability_check: bool = True,
         connector: Connector = _default_connector,
+        discover: bool = False,
+        membership_refresh: float = MEMBERSHIP_REFRESH,
     ) -> None:
+        if membership_refresh <= 0:
+            raise ValueError("membership_refresh must be a positive number of seconds")
         self.cluster = cluster
         self.settings = settings
         self.retry_mode = retry_mode
         self.key_availability_check = key_availability_check
         self._connector = connector
         self.members = [HsmMember(server) for server in cluster.enabled_servers]
+        #: Learn the cluster's members from the HSMs (bootstrap from the configured ones).
+        self.discover = discover
+        self.membership_refresh = membership_refresh
+        #: Whether an HSM has told the view its cluster's members yet.
+        self.membership_known = False
+        self._disabled = {(s.hostname, s.port) for s in cluster.servers if not s.enable}
+        self._refresh_wanted = asyncio.Event()
+        self._discovery_task: asyncio.Task[None] | None = None
         self._turn = itertools.count()
         self._credentials: _Credentials | None = None
         self._session_key_home: dict[int, HsmMember] = {}
@@ -243,22 +264,40 @@ class ClusterView:
         *,
         connector: Connector = _default_connector,
         watch: bool = False,
+        discover: bool | None = None,
+        membership_refresh: float = MEMBERSHIP_REFRESH,
     ) -> ClusterView:
         """Connect to every enabled HSM of the selected cluster (at least one must answer).
 
         With ``watch`` the view follows the configuration file: HSMs added to it (as
         ``cloudhsm-local up`` and ``cloudhsm-configure`` write it when membership changes)
         are connected and logged in, removed ones are dropped.
+
+        With ``discover`` (by default: when the configuration does not name its cluster, as
+        ``cloudhsm-configure -a`` writes it) the configured servers only bootstrap the
+        view: it connects to every member the cluster announces before returning, then
+        asks again every ``membership_refresh`` seconds and whenever a channel breaks.
         """
         cluster = config.select(cluster_id)
+        if discover is None:
+            discover = cluster.cluster_id is None
         view = cls(
             cluster,
             channel_settings(cluster, cluster_id=cluster_id),
             retry_mode=config.default_retry_mode,
             key_availability_check=not config.disable_key_availability_check,
             connector=connector,
+            discover=discover,
+            membership_refresh=membership_refresh,
         )
         await view.connect()
+        if discover:
+            try:
+                await view.learn_membership(wait=True)
+            except BaseException:
+                await view.close()
+                raise
+            view._discovery_task = asyncio.ensure_future(view._follow_membership())
         if watch:
             view._watch_task = asyncio.ensure_future(
                 view._watch_config(config, cluster_id or cluster.cluster_id)
@@ -289,6 +328,12 @@ class ClusterView:
 
     async def update_servers(self, servers: Sequence[ServerEntry]) -> None:
         """Follow a membership change: connect new HSMs (logging in), drop removed ones."""
+        self._disabled = {(s.hostname, s.port) for s in servers if not s.enable}
+        if self.discover and self.membership_known:
+            # The cluster, not the bootstrap list, says who the members are; a changed
+            # file is a reason to ask it again.
+            self._refresh_wanted.set()
+            return
         wanted = {(s.hostname, s.port): s for s in servers if s.enable}
         for member in list(self.members):
             if (member.server.hostname, member.server.port) not in wanted:
@@ -300,8 +345,93 @@ class ClusterView:
             log.info("HSM at %s joined the configuration", member.address)
             self._schedule_reconnect(member, immediately=True)
 
-    async def _drop(self, member: HsmMember) -> None:
-        log.info("HSM %s left the configuration", member.name)
+    # -- discovery ----------------------------------------------------------------------
+
+    async def learn_membership(self, *, wait: bool = False) -> bool:
+        """Ask a reached HSM for ``cluster.members`` and follow the answer: connect the
+        members the view lacks, drop the ones that left. With ``wait`` the new members
+        are connected before this returns (else in the background, logging in).
+
+        False when no HSM could tell (none reached, or an HSM without the op); the view
+        then keeps the members it has.
+        """
+        for member in list(self.live_members):
+            connection = member.connection
+            if connection is None:
+                continue
+            try:
+                # Straight on the channel: a membership question is not client load.
+                result = await connection.call(Op.CLUSTER_MEMBERS, {})
+            except HsmStatusError as exc:
+                log.debug("HSM %s cannot list its cluster's members: %s", member.name, exc)
+                continue
+            except _CHANNEL_FAILURES as exc:
+                error = exc if isinstance(exc, ClientError) else ConnectionLost(str(exc))
+                if member.connection is connection:
+                    self._mark_down(member, error)
+                continue
+            announced = _announced_members(result)
+            if not announced:
+                continue
+            await self._follow(announced, wait=wait)
+            return True
+        return False
+
+    async def _follow(self, announced: Sequence[tuple[str, ServerEntry]], *, wait: bool) -> None:
+        self.membership_known = True
+        ids = {hsm_id for hsm_id, _ in announced}
+        addresses = {(s.hostname, s.port) for _, s in announced}
+        for member in list(self.members):
+            known = member.hsm_id in ids or (member.server.hostname, member.server.port) in (
+                addresses
+            )
+            if not known:
+                await self._drop(member, reason="left the cluster")
+        added: list[HsmMember] = []
+        for hsm_id, server in announced:
+            key = (server.hostname, server.port)
+            if key in self._disabled:
+                continue  # the configuration turned this one off explicitly
+            if any(
+                m.hsm_id == hsm_id or (m.server.hostname, m.server.port) == key
+                for m in self.members
+            ):
+                continue
+            member = HsmMember(server)
+            member.hsm_id = hsm_id
+            self.members.append(member)
+            added.append(member)
+            log.info("HSM %s at %s joined the cluster", hsm_id, member.address)
+        if not added:
+            return
+        if not wait or self._credentials is not None:
+            # Connected in the background, where the client's login is re-established.
+            for member in added:
+                self._schedule_reconnect(member, immediately=True)
+            return
+        results = await asyncio.gather(
+            *(self._connect_member(member) for member in added), return_exceptions=True
+        )
+        for member, outcome in zip(added, results, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ClientError):
+                raise outcome
+            if not member.healthy:
+                self._schedule_reconnect(member)
+
+    async def _follow_membership(self) -> None:
+        """Ask the cluster for its members every ``membership_refresh`` seconds, and soon
+        after a channel breaks (the HSM may have been removed)."""
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_wanted.wait(), self.membership_refresh)
+            self._refresh_wanted.clear()
+            try:
+                await self.learn_membership()
+            except ClientError as exc:
+                log.info("could not refresh the cluster's members: %s", exc)
+
+    async def _drop(self, member: HsmMember, reason: str = "left the configuration") -> None:
+        log.info("HSM %s %s", member.name, reason)
         self.members.remove(member)
         member.removed = True
         if member.reconnect_task is not None:
@@ -352,6 +482,11 @@ class ClusterView:
         """Close every channel and stop reconnecting."""
         self._closed = True
         self._credentials = None
+        if self._discovery_task is not None:
+            self._discovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._discovery_task
+            self._discovery_task = None
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -403,6 +538,9 @@ class ClusterView:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         self._schedule_reconnect(member)
+        if self.discover:
+            # A lost HSM may have been removed from the cluster: ask the others now.
+            self._refresh_wanted.set()
 
     @staticmethod
     async def _quiet_close(connection: HsmConnection) -> None:
@@ -740,6 +878,23 @@ class ClusterView:
         if refused:
             raise _first_error(refused)
         return accepted[0].result
+
+
+def _announced_members(result: Any) -> list[tuple[str, ServerEntry]]:
+    """``(hsm_id, server)`` of each well-formed member of a ``cluster.members`` answer."""
+    if not isinstance(result, dict) or not isinstance(result.get("hsms"), list):
+        return []
+    members = []
+    for entry in result["hsms"]:
+        if not isinstance(entry, dict):
+            continue
+        hsm_id, hostname, port = entry.get("hsm_id"), entry.get("hostname"), entry.get("port")
+        if not isinstance(hsm_id, str) or not isinstance(hostname, str) or not hostname:
+            continue
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            continue
+        members.append((hsm_id, ServerEntry(hostname, port)))
+    return members
 
 
 def _created_keys(op: str, result: Any) -> list[dict[str, Any]]:

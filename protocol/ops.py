@@ -32,6 +32,7 @@ class Op(enum.StrEnum):
     USER_LIST = "user.list"
     QUORUM_VALUES = "quorum.values"
     QUORUM_TIMEOUTS = "quorum.timeouts"
+    CLUSTER_MEMBERS = "cluster.members"
     # -- session ------------------------------------------------------------
     LOGIN = "login"
     LOGOUT = "logout"
@@ -106,6 +107,11 @@ SHAPES: dict[Op, OpShape] = {
     ),
     Op.QUORUM_VALUES: OpShape("{}", "{user: int, quorum: int, cluster: int}"),
     Op.QUORUM_TIMEOUTS: OpShape("{}", "{generated: int, approved: int}"),
+    Op.CLUSTER_MEMBERS: OpShape(
+        "{}",
+        "{cluster_id, hsms: [{hsm_id, hostname, port: int, state}]} (the cluster's current "
+        "members, as the cluster last told the HSM; empty when it has not)",
+    ),
     Op.LOGIN: OpShape(
         "{username, role, password, mfa_token?: {unsigned: bytes, signed: bytes}}",
         "{username, role}",

@@ -51,6 +51,7 @@ from simulator.errors import SimulatorError
 from simulator.faults import FaultController, FaultyHsm
 from simulator.host import ServerHost
 from simulator.hsm import Hsm, HsmIdentity
+from simulator.hsm.membership import MemberAddress, Membership
 from simulator.sync import DEFAULT_LAG, KeySync
 
 HSM_TYPES = ("hsm2m.medium", "hsm1.medium")
@@ -534,6 +535,7 @@ class LocalCluster:
         try:
             for hsm_record in self.record.hsms:
                 await self._start_hsm(hsm_record)
+            self._publish_membership()
             if self._want_control_plane:
                 await self._open_children()
                 plane = ControlPlane(self.registry, host=self.host, root=self)
@@ -685,6 +687,7 @@ class LocalCluster:
             running.host = None
         # Sessions die with the connections: close what the endpoint left open.
         self.save()
+        self._publish_membership()
 
     async def start_hsm(self, hsm_id: str) -> None:
         running = self.hsms[hsm_id]
@@ -692,12 +695,41 @@ class LocalCluster:
             return
         await self._start_host(running)
         self.save()
+        self._publish_membership()
 
     # -- membership ----------------------------------------------------------------
 
     def _notify_membership(self) -> None:
+        self._publish_membership()
         for listener in list(self.membership_listeners):
             listener(self)
+
+    def membership(self) -> Membership:
+        """The members every HSM announces in ``cluster.members`` (with their state)."""
+        return Membership.of(
+            self.cluster_id,
+            (
+                MemberAddress(
+                    hsm_id=h.hsm_id,
+                    hostname=h.eni_ip,
+                    port=h.port,
+                    state="DEGRADED" if self._is_down(h.hsm_id) else h.state,
+                )
+                for h in self.record.hsms
+            ),
+        )
+
+    def _is_down(self, hsm_id: str) -> bool:
+        running = self.hsms.get(hsm_id)
+        return running is None or running.stopped
+
+    def _publish_membership(self) -> None:
+        """Tell every running HSM the cluster's current members (existing HSMs notify the
+        client of new ones, spec §2.6). Runtime only: nothing is stored or backed up."""
+        membership = self.membership()
+        for running in self.hsms.values():
+            if running.hsm is not None:
+                running.hsm.set_membership(membership)
 
     def _snapshot_source(self) -> RunningHsm | None:
         for running in self.hsms.values():

@@ -46,6 +46,7 @@ from simulator.hsm.material import (
     import_key,
     public_of,
 )
+from simulator.hsm.membership import Membership
 from simulator.hsm.policy import (
     ENFORCEMENT_LEVELS,
     MAX_TRUST_ANCHORS,
@@ -72,6 +73,7 @@ PERMISSIONS: dict[Op, frozenset[str] | None] = {
     Op.USER_LIST: _ANYONE,
     Op.QUORUM_VALUES: _ANYONE,
     Op.QUORUM_TIMEOUTS: _ANYONE,
+    Op.CLUSTER_MEMBERS: _ANYONE,  # basic cluster info: anyone (spec §3.2)
     Op.LOGIN: _ANYONE,
     Op.LOGOUT: _LOGGED_IN,
     Op.WHOAMI: _ANYONE,
@@ -193,6 +195,7 @@ class Hsm:
         # cache update to run once they commit.
         self._failure_effects: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self._audit_subject: dict[str, Any] = {}
+        self._membership = Membership.unknown(identity.cluster_id)
         self._load()
         self._handlers: dict[Op, Handler] = self._handler_table()
 
@@ -220,6 +223,18 @@ class Hsm:
         except BaseException:
             store.close()
             raise
+
+    def set_membership(self, membership: Membership) -> None:
+        """The cluster announces its current members (runtime only: never stored).
+
+        Safe from another thread than the HSM's worker: one reference is swapped for
+        another immutable value, which the worker reads whole.
+        """
+        self._membership = membership
+
+    @property
+    def membership(self) -> Membership:
+        return self._membership
 
     def close(self) -> None:
         for session in self._sessions.all():
@@ -492,6 +507,7 @@ class Hsm:
             Op.USER_LIST: self._user_list,
             Op.QUORUM_VALUES: self._quorum_values,
             Op.QUORUM_TIMEOUTS: self._quorum_timeouts,
+            Op.CLUSTER_MEMBERS: self._cluster_members,
             Op.LOGIN: self._login,
             Op.LOGOUT: self._logout,
             Op.WHOAMI: self._whoami,
@@ -587,6 +603,9 @@ class Hsm:
 
     def _quorum_timeouts(self, session: Session, args: Mapping[str, Any]) -> Any:
         return self._timeouts()
+
+    def _cluster_members(self, session: Session, args: Mapping[str, Any]) -> Any:
+        return self._membership.as_result()
 
     def _quorum_value(self, service: str) -> int:
         values: dict[str, int] = self._store.get_meta("quorum_values", {})
