@@ -6,8 +6,11 @@ import asyncio
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from client import errors
 from client.connection import ChannelSettings, HsmConnection
@@ -252,3 +255,45 @@ def test_cluster_certificate_from_an_intermediate_ca(
                 target.host, target.port, target.settings_with(hsm_ca_pem=root.cert_pem)
             )
         )
+
+
+_OPS = ["hsm.info", "quorum.values", "session.whoami", "no.such.op"]
+
+
+def _answers(op: str, result: Any, hsm_id: str) -> bool:
+    """Whether ``result`` is an answer to ``op`` (and not to another request)."""
+    if op == "hsm.info":
+        return isinstance(result, dict) and result.get("hsm-id") == hsm_id
+    if op == "quorum.values":
+        return isinstance(result, dict) and set(result) == {"user", "quorum", "cluster"}
+    return result is None  # session.whoami before any login
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plan=st.lists(st.tuples(st.sampled_from(_OPS), st.booleans()), min_size=1, max_size=40))
+def test_pipelined_calls_with_cancellations_get_their_own_answers(
+    single_hsm_target: SingleHsmTarget, plan: list[tuple[str, bool]]
+) -> None:
+    """Whatever is in flight or cancelled, every surviving call gets the answer to its op."""
+    target = single_hsm_target
+
+    async def scenario() -> None:
+        async with await HsmConnection.open(target.host, target.port, target.settings) as conn:
+            tasks = [asyncio.ensure_future(conn.call(op, {})) for op, _ in plan]
+            for task, (_, cancel) in zip(tasks, plan, strict=True):
+                if cancel:
+                    task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            for (op, cancel), outcome in zip(plan, outcomes, strict=True):
+                if cancel:
+                    assert isinstance(outcome, asyncio.CancelledError)
+                elif op == "no.such.op":
+                    assert isinstance(outcome, errors.UnknownOp)
+                else:
+                    assert not isinstance(outcome, BaseException), outcome
+                    assert _answers(op, outcome, target.hello.hsm_id), (op, outcome)
+            assert (await conn.call("session.whoami")) is None
+
+    asyncio.run(scenario())
