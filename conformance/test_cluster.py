@@ -344,3 +344,48 @@ def test_busy_hsms_are_retried_in_standard_mode_and_surface_with_retries_off(
         scene.faults.busy(hsm_id, seconds=0.15)
     signature = standard.sign(pair.private, MESSAGE, mechanism="ecdsa", hash="sha256")
     verify_independently(public_pem, signature)
+
+
+def test_client_bootstrapped_from_one_address_finds_every_hsm_and_later_ones(
+    scene: Scene,
+) -> None:
+    """A client configured with one HSM address and no cluster id (as `cloudhsm-configure -a`
+    writes) learns the other HSMs: with the server-side sync paused, a token key it makes is
+    at once on every HSM (the client cloned it). An HSM added afterwards is found too: a key
+    made after it joined is on it as well."""
+    a, b, c = scene.hsms
+    scene.faults.pause_sync()
+    bootstrap = scene.faults.view_of([a], bootstrap=True)
+    hsm = scene.sessions(scene.user, cluster=bootstrap)
+
+    def connected_to(count: int) -> Callable[[], bool | None]:
+        def probe() -> bool | None:
+            return True if len(hsm.hsm_info()) == count else None
+
+        probe.__doc__ = f"the bootstrapped client to reach {count} HSMs (`hsm.info` answers)"
+        return probe
+
+    eventually(connected_to(3))
+    first = hsm.generate_aes_key("discovered", length=16)
+    for other in (b, c):
+        alone = scene.session([other], key_availability_check=False)
+        assert visible(alone, first), f"key not cloned to {other}"
+
+    added = scene.faults.add_hsm()
+    through_added = scene.session([added], key_availability_check=False)
+
+    eventually(connected_to(4), timeout=15.0)
+    later = hsm.generate_aes_key("after-join", length=16)
+    assert visible(through_added, later)
+
+
+def test_deleting_a_key_removes_it_from_every_hsm(scene: Scene) -> None:
+    """A token key deleted through the client is gone from every HSM at once, sync paused:
+    deletes are the client's to replicate."""
+    hsm = scene.session()
+    key = hsm.generate_aes_key("short-lived", length=16)
+    scene.faults.pause_sync()
+    hsm.delete_key(key)
+    for hsm_id in scene.hsms:
+        alone = scene.session([hsm_id], key_availability_check=False)
+        assert not visible(alone, key), f"deleted key still on {hsm_id}"
