@@ -223,7 +223,7 @@ def host_context(
 def hsm_context(
     customer_ca: CustomerCa, client_cert: tuple[Path, Path] | None = None
 ) -> ssl.SSLContext:
-    """Inner TLS 1.3: trust customerCA.crt and nothing else, strict X.509.
+    """Inner TLS 1.3: trust customerCA.crt and nothing else.
 
     Host names are not checked: a cluster certificate carries the CSR subject
     ``CN=HSM:<serial>:PARTN:<partition>``, not a DNS name. The cluster id in it
@@ -233,7 +233,13 @@ def hsm_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
-    context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+    # Not VERIFY_X509_STRICT: the AWS guide makes customerCA.crt with a bare
+    # `openssl req -new -x509`, which has no keyUsage extension, and strict mode
+    # refuses such an issuer ("CA cert does not include key usage extension").
+    # The real client accepts it, so we must; the chain, validity, signatures and
+    # basicConstraints CA:TRUE are still checked, and customerCA.crt itself is
+    # validated when it is loaded. PARTIAL_CHAIN lets an intermediate be the anchor.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.load_verify_locations(cadata=customer_ca.pem.decode("ascii"))
     _load_client_certificate(context, client_cert, "HSM (mTLS layer)")
     return context

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from client.cli import main as cli_main
 from simulator import pki
 from simulator.cli import main
 
@@ -170,6 +171,11 @@ def test_ceremony_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert again["state"] == "INITIALIZED"
         assert (data_dir / "customerCA.crt").read_bytes() == (work / "customerCA.crt").read_bytes()
         assert not (data_dir / "customerCA.key").exists()
+        # The guide's CA has no keyUsage extension; the real client accepts it, so ours must.
+        assert cli_main(["--config", again["config_path"], "cluster", "hsm-info"]) == 0
+        envelope = json.loads(capsys.readouterr().out)
+        assert envelope["error_code"] == 0, envelope
+        assert len(envelope["data"]["hsms"]) == 1
 
 
 def test_up_with_the_users_customer_ca(tmp_path: Path) -> None:
