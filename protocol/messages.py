@@ -64,10 +64,50 @@ def _check_value(value: Any, depth: int) -> None:
     raise MessageError(f"type {type(value).__name__} is not allowed on the wire")
 
 
+def _encoded_key(key: Any) -> tuple[int, bytes]:
+    encoded: bytes = cbor2.dumps(key)
+    return len(encoded), encoded
+
+
+def _text_key(key: str) -> tuple[int, bytes]:
+    # A text key encodes as a header fixed by its UTF-8 length, then the UTF-8
+    # bytes, so (length, bytes) orders text keys exactly as their encodings.
+    raw = key.encode("utf-8")
+    return len(raw), raw
+
+
+def _canonical(value: Any, depth: int) -> Any:
+    """Validate a wire value and return it with every map in canonical key order.
+
+    RFC 8949 §4.2.1 (as cbor2's ``canonical=True`` implements it: shorter encoded
+    keys first, then bytewise). cbor2 writes maps in insertion order, so plain
+    ``dumps`` of the result is the canonical encoding, in one pass instead of a
+    validation pass plus cbor2's slower canonical mode.
+    """
+    if depth > MAX_DEPTH:
+        raise MessageError(f"message nested deeper than {MAX_DEPTH}")
+    if isinstance(value, _SCALARS):
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**64) <= value < 2**64:
+            raise MessageError("integer outside the 64-bit range")
+        return value
+    if isinstance(value, list):
+        return [_canonical(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        keys = list(value)
+        for key in keys:
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise MessageError("map keys must be text or integers")
+        if all(type(key) is str for key in keys):
+            keys.sort(key=_text_key)
+        else:
+            keys.sort(key=_encoded_key)
+        return {key: _canonical(value[key], depth + 1) for key in keys}
+    raise MessageError(f"type {type(value).__name__} is not allowed on the wire")
+
+
 def encode_cbor(value: Any) -> bytes:
     """Canonical CBOR of a wire value (validated first)."""
-    _check_value(value, 0)
-    return cbor2.dumps(value, canonical=True)
+    return cbor2.dumps(_canonical(value, 0))
 
 
 def decode_cbor(data: bytes) -> Any:

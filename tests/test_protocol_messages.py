@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from protocol import FrameDecoder, FrameType, MessageDecoder, Request, encode_frame, encode_message
 from protocol.errors import FrameError, MessageError
-from protocol.messages import decode_cbor, parse_request
+from protocol.messages import decode_cbor, encode_cbor, parse_request
 from protocol.ops import SHAPES, Op
 from protocol.status import Status
 
@@ -73,3 +73,26 @@ def test_tls_payloads_survive_framing(payload: bytes) -> None:
 def test_control_frames_are_capped() -> None:
     with pytest.raises(FrameError):
         encode_frame(FrameType.HELLO, b"x" * 2000)
+
+
+_wire_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=12) | st.integers(-1000, 1000), children, max_size=6)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_wire_values)
+def test_encoding_is_cbor2_canonical(value: object) -> None:
+    """Our one-pass canonical encoder writes exactly what cbor2's canonical mode writes."""
+    import cbor2
+
+    assert encode_cbor(value) == cbor2.dumps(value, canonical=True)
+    assert decode_cbor(encode_cbor(value)) == value
