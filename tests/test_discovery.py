@@ -254,3 +254,34 @@ def test_a_named_cluster_configuration_keeps_its_explicit_servers(
             assert len(view.members) == cloudhsm_cluster.hsm_count
 
     asyncio.run(scenario())
+
+
+def test_a_stopped_hsm_stays_a_member_and_comes_back(
+    cluster_factory: Callable[..., ClusterUnderTest], tmp_path: Path
+) -> None:
+    cluster = cluster_factory(hsms=2)
+    controls = cluster.require_local()
+    local = controls.cluster
+    password = _create_crypto_user(cluster, cluster.config_path, "patient")
+    bootstrap = _bootstrap_config(cluster, tmp_path)
+    second = local.addresses()[1][0]
+
+    async def scenario() -> None:
+        view = await ClusterView.open(load_config(bootstrap), membership_refresh=REFRESH)
+        async with view:
+            await view.login("patient", "crypto-user", password)
+            member = next(m for m in view.members if m.hsm_id == second)
+            await asyncio.to_thread(controls.run, local.faults.stop_hsm(second))
+            # The others announce it DEGRADED: unavailable, still a member of the cluster.
+            answer = await view.call(Op.CLUSTER_MEMBERS, member=view.members[0])
+            states = {h["hsm_id"]: h["state"] for h in answer["hsms"]}
+            assert states[second] == "DEGRADED"
+            for _ in range(4):
+                await view.call(Op.CRYPTO_RANDOM, {"length": 8})
+            await asyncio.sleep(REFRESH * 3)
+            assert member in view.members
+            await asyncio.to_thread(controls.run, local.faults.start_hsm(second))
+            await _wait_for(lambda: member.healthy and member.logged_in)
+            assert len(view.members) == 2
+
+    asyncio.run(scenario())
