@@ -50,7 +50,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over every package."""
     _install(session, "typecheck")
-    session.run("mypy", "--strict")
+    session.run("mypy", "--strict")  # files: pyproject [tool.mypy]
 
 
 @nox.session(default=False)
