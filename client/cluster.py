@@ -130,6 +130,10 @@ KEY_CHANGING_OPS = frozenset({Op.KEY_DELETE, Op.KEY_SHARE, Op.KEY_UNSHARE, Op.KE
 
 Connector = Callable[[str, int, ChannelSettings], Awaitable[HsmConnection]]
 
+#: Signs MFA login challenges: given each challenged HSM's unsigned token (32 bytes), returns
+#: the signature of each, in the same order (spec §3.5 token-sign).
+MfaSigner = Callable[[Sequence[bytes]], Awaitable[Sequence[bytes]]]
+
 
 def _default_connector(host: str, port: int, settings: ChannelSettings) -> Awaitable[HsmConnection]:
     return HsmConnection.open(host, port, settings)
@@ -710,13 +714,33 @@ class ClusterView:
 
     # -- login -------------------------------------------------------------------------------
 
-    async def login(self, username: str, role: str, password: str) -> dict[str, Any]:
+    async def login(
+        self, username: str, role: str, password: str, *, mfa_signer: MfaSigner | None = None
+    ) -> dict[str, Any]:
         """Log in on every reachable HSM. Succeeds when at least one HSM accepts; HSMs
-        that refuse are left out of this login's routing (their users have diverged)."""
+        that refuse are left out of this login's routing (their users have diverged).
+
+        An HSM that accepts the password of an MFA user answers with a challenge; with
+        ``mfa_signer`` the challenges are signed and the login completed on those HSMs."""
         if self._credentials is not None:
             raise status_error(Status.ALREADY_LOGGED_IN)
         args = {"username": username, "role": role, "password": password}
         outcomes = await self.fan_out(Op.LOGIN, args)
+        challenged = [(o, mfa_challenge(o.error)) for o in outcomes]
+        pending = [(o.member, c) for o, c in challenged if c is not None]
+        if pending and mfa_signer is not None:
+            signatures = await mfa_signer([unsigned for _, unsigned in pending])
+            answered = await asyncio.gather(
+                *(
+                    self.fan_out(
+                        Op.LOGIN,
+                        {**args, "mfa_token": {"unsigned": unsigned, "signed": signed}},
+                        members=[member],
+                    )
+                    for (member, unsigned), signed in zip(pending, signatures, strict=True)
+                )
+            )
+            outcomes = [o for o, c in challenged if c is None] + [o for [o] in answered]
         accepted = [o for o in outcomes if o.ok]
         if not accepted:
             raise _first_error(outcomes)
@@ -906,6 +930,15 @@ def _created_keys(op: str, result: Any) -> list[dict[str, Any]]:
         if isinstance(key, dict):
             keys.append(key)
     return keys
+
+
+def mfa_challenge(error: ClientError | None) -> bytes | None:
+    """The unsigned MFA token an HSM's login refusal carries, if it is such a challenge."""
+    if not isinstance(error, HsmStatusError) or not isinstance(error.result, dict):
+        return None
+    token = error.result.get("mfa_token")
+    unsigned = token.get("unsigned") if isinstance(token, dict) else None
+    return unsigned if isinstance(unsigned, bytes) and len(unsigned) == 32 else None
 
 
 def _first_error(outcomes: Sequence[MemberOutcome]) -> ClientError:

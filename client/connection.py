@@ -351,7 +351,7 @@ class HsmConnection:
             if isinstance(response.result, dict):
                 text = response.result.get("message")
                 message = text if isinstance(text, str) else None
-            raise errors.status_error(response.status, message)
+            raise errors.status_error(response.status, message, response.result)
         return response.result
 
     def _expire(self, request_id: int, op: str) -> None:

@@ -199,11 +199,19 @@ class ProtocolViolation(ClientError):
 
 
 class HsmStatusError(ClientError):
-    """The HSM refused a request; ``status`` and ``message`` say why."""
+    """The HSM refused a request; ``status`` and ``message`` say why.
+
+    ``result`` is the whole result the HSM sent with the refusal (``None`` when it sent
+    none): some refusals carry data the caller needs, such as the MFA challenge a login
+    of an MFA user answers with (``result["mfa_token"]["unsigned"]``).
+    """
 
     status_code: ClassVar[Status | None] = None
 
-    def __init__(self, status: Status | int, message: str | None = None) -> None:
+    def __init__(
+        self, status: Status | int, message: str | None = None, result: object = None
+    ) -> None:
+        self.result = result
         try:
             self.status: Status | int = Status(status)
         except ValueError:
@@ -465,10 +473,12 @@ _STATUS_ERRORS: dict[Status, type[HsmStatusError]] = {
 }
 
 
-def status_error(status: Status | int, message: str | None = None) -> HsmStatusError:
+def status_error(
+    status: Status | int, message: str | None = None, result: object = None
+) -> HsmStatusError:
     """The exception for a non-zero HSM status (the base class for unknown codes)."""
     try:
         known = Status(status)
     except ValueError:
-        return HsmStatusError(status, message)
-    return _STATUS_ERRORS.get(known, HsmStatusError)(known, message)
+        return HsmStatusError(status, message, result)
+    return _STATUS_ERRORS.get(known, HsmStatusError)(known, message, result)
