@@ -268,7 +268,9 @@ def test_cluster_fixtures_start_one_cluster_per_session_and_clean_up(
     """cloudhsm_cluster is started once for the session (both tests see the same cluster),
     activated, reachable through cli and crypto_user; fresh_cluster is another cluster; the
     data directory is removed at the end."""
-    pytester.makepyfile(test_cluster=CLUSTER_TESTS)
+    # A name no module of the outer run has: pytester runs in this process, and
+    # tests/test_cluster.py is already imported as `test_cluster`.
+    pytester.makepyfile(test_plugin_cluster_scenarios=CLUSTER_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider", "--cloudhsm-hsms", "2")
     result.assert_outcomes(passed=3)
     seen = json.loads((pytester.path / "seen.json").read_text())
