@@ -10,10 +10,16 @@ hands the TLS bytes of each connection to an :class:`EndpointChannel` made by
 * asks for a client certificate when trust anchors are registered, and refuses
   a channel without one chaining to an anchor when enforcement is ``cluster``
   (OpenSSL sends the alert, so the client learns why);
-* splits the plaintext into messages, runs ``open_session`` / ``handle`` /
+* splits the plaintext into messages, runs ``open_session`` / ``handle_batch`` /
   ``close_session`` on the HSM's single worker thread (``Hsm`` is not
   thread-safe, and crypto must not block the event loop), and answers each
-  request by id as it completes, so clients can pipeline.
+  request by id, so clients can pipeline.
+
+Requests are batched: whatever every channel of the HSM has delivered by the
+time the worker is free goes to the HSM as one ``handle_batch`` (one durable
+commit for all of them, not one fsync each), in arrival order (so each
+channel's requests run in the order it sent them), and each channel gets its
+answers in one TLS record once the batch is durable.
 
 A malformed message closes that channel with a protocol error and touches
 nothing else. Unknown ops are the HSM's business (it answers ``UNKNOWN_OP``).
@@ -27,8 +33,8 @@ import logging
 import os
 import ssl
 import tempfile
-import time
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,8 +58,9 @@ from simulator.errors import SimulatorError
 
 _log = logging.getLogger(__name__)
 
-#: Longest a finished answer waits on the HSM's thread for the ones after it.
-RESPONSE_COALESCE_SECONDS = 0.001
+#: Most requests handed to the HSM in one batch: answers wait for their batch's commit,
+#: so this bounds how long a burst holds back its first answers.
+MAX_BATCH = 64
 
 
 class MtlsPolicyView(Protocol):
@@ -78,6 +85,26 @@ class HsmCore(Protocol):
     def handle(self, session: int, op: str, args: dict[str, Any]) -> tuple[Status, Any]: ...
 
     def mtls_policy(self) -> MtlsPolicyView: ...
+
+
+BatchHandler = Callable[[Sequence[tuple[int, str, dict[str, Any]]]], list[tuple[Status, Any]]]
+
+
+def _batch_handler(hsm: HsmCore) -> BatchHandler:
+    """The core's ``handle_batch`` (one durable commit for several requests), or ``handle``
+    on each in turn for a core without one. Looked up on the class: a wrapper that
+    forwards unknown attributes to an inner HSM (``__getattr__``) must not have its own
+    ``handle`` bypassed by the inner HSM's ``handle_batch``."""
+    if callable(getattr(type(hsm), "handle_batch", None)):
+        handle_batch: BatchHandler = getattr(hsm, "handle_batch")  # noqa: B009
+        return handle_batch
+
+    def one_by_one(
+        requests: Sequence[tuple[int, str, dict[str, Any]]],
+    ) -> list[tuple[Status, Any]]:
+        return [hsm.handle(session, op, args) for session, op, args in requests]
+
+    return one_by_one
 
 
 class EndpointError(SimulatorError):
@@ -127,10 +154,16 @@ class HsmEndpoint:
 
     def __init__(self, hsm: HsmCore, *, executor: Executor) -> None:
         self._hsm = hsm
+        self._handle_batch_of_hsm = _batch_handler(hsm)
         self._executor = executor
         self._certificate: tuple[bytes, bytes] | None = None
         self._contexts: dict[_PolicyKey, ssl.SSLContext] = {}
         self._channels: set[EndpointChannel] = set()
+        # Requests waiting for the worker, from every channel, in arrival order. The
+        # loop appends, the worker takes; one drain is queued on the executor at a time.
+        self._waiting: list[tuple[EndpointChannel, list[Request]]] = []
+        self._waiting_lock = threading.Lock()
+        self._drain_queued = False
 
     @property
     def hsm(self) -> HsmCore:
@@ -176,6 +209,74 @@ class HsmEndpoint:
 
     def _forget(self, channel: EndpointChannel) -> None:
         self._channels.discard(channel)
+
+    # -- batching (the loop submits, the HSM's worker drains) -------------------------
+
+    def _enqueue(self, channel: EndpointChannel, requests: list[Request]) -> None:
+        with self._waiting_lock:
+            self._waiting.append((channel, requests))
+            if self._drain_queued:
+                return
+            self._drain_queued = True
+        self._executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        """On the worker: run everything waiting, in batches, until nothing is left."""
+        while True:
+            with self._waiting_lock:
+                waiting, self._waiting = self._waiting, []
+                if not waiting:
+                    self._drain_queued = False
+                    return
+            batch: list[tuple[EndpointChannel, Request]] = []
+            for channel, requests in waiting:
+                batch.extend((channel, request) for request in requests)
+            for start in range(0, len(batch), MAX_BATCH):
+                self._run_batch(batch[start : start + MAX_BATCH])
+
+    def _run_batch(self, batch: list[tuple[EndpointChannel, Request]]) -> None:
+        runnable: list[tuple[EndpointChannel, Request]] = []
+        answers: dict[EndpointChannel, list[tuple[bytes, str]]] = {}
+        for channel, request in batch:
+            if channel.closed:
+                continue  # nobody is left to answer (and its session is being closed)
+            session = channel._worker_session()
+            if session is None:
+                answers.setdefault(channel, []).append(
+                    (channel._refused_session(request), request.op)
+                )
+            else:
+                runnable.append((channel, request))
+        results = self._handle_batch(runnable)
+        for (channel, request), (status, result) in zip(runnable, results, strict=True):
+            answers.setdefault(channel, []).append(
+                (_encode_response(request, status, result), request.op)
+            )
+        # Only now, with the batch durable, may any answer leave; each channel's answers
+        # keep the order its requests came in.
+        for channel, done in answers.items():
+            channel._loop.call_soon_threadsafe(channel._queue_responses, done)
+
+    def _handle_batch(
+        self, runnable: list[tuple[EndpointChannel, Request]]
+    ) -> list[tuple[Status, Any]]:
+        if not runnable:
+            return []
+        calls = []
+        for channel, request in runnable:
+            session = channel._worker_session()
+            assert session is not None
+            calls.append((session, request.op, request.args))
+        try:
+            results = self._handle_batch_of_hsm(calls)
+            if len(results) == len(calls):
+                return results
+            _log.error("handle_batch gave %d answers to %d requests", len(results), len(calls))
+        except Exception:  # the HSM must never crash the channel
+            # No arguments in the log: they may hold passwords or key material.
+            _log.exception("a batch of %d requests failed inside the endpoint", len(calls))
+        internal = (Status.INTERNAL_ERROR, {"message": Status.INTERNAL_ERROR.info.cli_message})
+        return [internal for _ in calls]
 
     def _policy_changed(self) -> None:
         """mTLS enforcement or anchors changed: drop channels the policy no longer admits."""
@@ -274,7 +375,7 @@ class EndpointChannel:
                 self.close(f"malformed request: {exc}")
                 return
             if requests:
-                self._submit(lambda: self._run_batch(requests))
+                self._endpoint._enqueue(self, requests)
         if self._pump.peer_closed:
             self.close(None)
 
@@ -283,59 +384,25 @@ class EndpointChannel:
 
     # -- the HSM's worker thread ----------------------------------------------------
 
-    def _open_session(self) -> None:
-        # Opened with the first request, not at the handshake: a client that
-        # refuses the HSM after the handshake (wrong cluster) never touches it.
-        self._session_tried = True
-        try:
-            self._session = self._endpoint.hsm.open_session(
-                peer=self._peer, client_cert_der=self.client_cert_der
-            )
-        except Exception as exc:  # reported to the client, never swallowed
-            self._session_error = str(exc) or type(exc).__name__
-
-    def _run_batch(self, requests: list[Request]) -> None:
-        # Requests that arrived together run in order; finished answers go back
-        # to the event loop at least every RESPONSE_COALESCE_SECONDS, so a slow op
-        # holds back the ones before it by no more than that, while a burst of
-        # fast ones costs one wake-up of the loop instead of one each.
+    def _worker_session(self) -> int | None:
+        """The HSM session (on the worker), opened with the first request, not at the
+        handshake: a client that refuses the HSM after the handshake (wrong cluster)
+        never touches it."""
         if not self._session_tried:
-            self._open_session()
-        done: list[tuple[bytes, str]] = []
-        shipped_at = time.perf_counter()
-        for request in requests:
-            if self._closed:
-                return
-            done.append((self._run(request), request.op))
-            now = time.perf_counter()
-            if now - shipped_at >= RESPONSE_COALESCE_SECONDS:
-                self._loop.call_soon_threadsafe(self._queue_responses, done)
-                done = []
-                shipped_at = now
-        if done:
-            self._loop.call_soon_threadsafe(self._queue_responses, done)
-
-    def _run(self, request: Request) -> bytes:
-        if self._session is None:
-            response = Response(
-                request.id,
-                int(Status.HSM_UNAVAILABLE),
-                {"message": f"the HSM refused the session: {self._session_error}"},
-            )
-            return encode_message(response)
-        try:
-            status, result = self._endpoint.hsm.handle(self._session, request.op, request.args)
-            return encode_message(Response(request.id, int(status), result))
-        except Exception:  # the HSM must never crash the channel
-            # No arguments in the log: they may hold passwords or key material.
-            _log.exception("request %r failed inside the endpoint", request.op[:64])
-            return encode_message(
-                Response(
-                    request.id,
-                    int(Status.INTERNAL_ERROR),
-                    {"message": Status.INTERNAL_ERROR.info.cli_message},
+            self._session_tried = True
+            try:
+                self._session = self._endpoint.hsm.open_session(
+                    peer=self._peer, client_cert_der=self.client_cert_der
                 )
-            )
+            except Exception as exc:  # reported to the client, never swallowed
+                self._session_error = str(exc) or type(exc).__name__
+        return self._session
+
+    def _refused_session(self, request: Request) -> bytes:
+        message = f"the HSM refused the session: {self._session_error}"
+        return encode_message(
+            Response(request.id, int(Status.HSM_UNAVAILABLE), {"message": message})
+        )
 
     def _close_session(self) -> None:
         if self._session is not None:
@@ -352,7 +419,7 @@ class EndpointChannel:
             self._outbox += wire
             if op in _POLICY_OPS:
                 self._endpoint._policy_changed()
-        # The worker already coalesced this batch: send it now, in one record.
+        # The worker already gathered this channel's answers: send them in one record.
         self._flush()
 
     def _flush(self) -> None:
@@ -387,4 +454,18 @@ class EndpointChannel:
         self._submit(self._close_session)
         self._sink.close_channel(
             f"the HSM dropped the channel: {reason}", code=HostErrorCode.HSM_UNAVAILABLE
+        )
+
+
+def _encode_response(request: Request, status: Status, result: Any) -> bytes:
+    try:
+        return encode_message(Response(request.id, int(status), result))
+    except Exception:  # an answer that cannot be encoded must not take the others down
+        _log.exception("the answer to %r cannot be encoded", request.op[:64])
+        return encode_message(
+            Response(
+                request.id,
+                int(Status.INTERNAL_ERROR),
+                {"message": Status.INTERNAL_ERROR.info.cli_message},
+            )
         )

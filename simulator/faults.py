@@ -29,6 +29,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,28 @@ class FaultyHsm:
 
     def mtls_policy(self) -> MtlsPolicy:
         return self.hsm.mtls_policy()
+
+    def handle_batch(
+        self, requests: Sequence[tuple[int, str, dict[str, Any]]]
+    ) -> list[tuple[Status, Any]]:
+        """As :meth:`handle` on each request (same draws, same delays), with the requests
+        the faults let through run as one group commit of the HSM."""
+        refusals = [self._fault() for _ in requests]
+        passed = [
+            request for request, refusal in zip(requests, refusals, strict=True) if refusal is None
+        ]
+        answers = iter(self.hsm.handle_batch(passed))
+        return [refusal or next(answers) for refusal in refusals]
+
+    def _fault(self) -> tuple[Status, Any] | None:
+        """Apply the latency; the busy answer if this request is throttled."""
+        faults = self.faults
+        delay = faults.latency + (faults.jitter * self._draw() if faults.jitter else 0.0)
+        if delay > 0:
+            time.sleep(delay)
+        if time.monotonic() < faults.busy_until and self._draw() < faults.busy_probability:
+            return Status.BUSY, {"message": BUSY_MESSAGE}
+        return None
 
     def handle(self, session: int, op: str, args: dict[str, Any]) -> tuple[Status, Any]:
         faults = self.faults
