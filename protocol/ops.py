@@ -135,13 +135,15 @@ SHAPES: dict[Op, OpShape] = {
         "{username, role}",
     ),
     Op.QUORUM_TOKEN_GENERATE: OpShape(
-        "{service: user|quorum|cluster|registration|key-management|key-usage}",
+        "{service: user|quorum|cluster|registration|key-management|key-usage, "
+        "approval_data?: bytes (a token another HSM generated for the same user and service, "
+        "placed here too; <= 245 bytes; not for registration)}",
         "{approval_data: bytes, token: bytes (SHA-256 of approval_data), timeout: int}",
     ),
     Op.QUORUM_TOKEN_LIST: OpShape(
         "{}",
-        "{tokens: [{username, service, approvals-required, number-of-approvals, "
-        "token-timeout-seconds}]}",
+        "{tokens: [{username, service, token: bytes (SHA-256 of approval_data), "
+        "approvals-required, number-of-approvals, token-timeout-seconds}]}",
     ),
     Op.QUORUM_TOKEN_DELETE: OpShape("{scope: user|all}", "{deleted: int}"),
     Op.QUORUM_SET_VALUE: OpShape("{service: user|quorum|cluster, value: 1..8, approval?}", "{}"),

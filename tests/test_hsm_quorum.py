@@ -174,6 +174,7 @@ def test_user_service_quorum(hsm: Hsm, admins: dict[str, tuple[int, rsa.RSAPriva
         {
             "username": "admin",
             "service": "user",
+            "token": token["token"],
             "approvals-required": 2,
             "number-of-approvals": 0,
             "token-timeout-seconds": 600,

@@ -44,6 +44,9 @@ class CliContext:
         self.default_cluster_id = default_cluster_id
         self._config: ClientConfig | None = None
         self._views: dict[str | None, ClusterView] = {}
+        #: Registration tokens this run generated: SHA-256 of approval_data -> the address
+        #: of the HSM that issued it, so each signed entry goes back to its own HSM.
+        self.registration_homes: dict[bytes, str] = {}
 
     @property
     def prompt_stream(self) -> TextIO:

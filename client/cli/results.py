@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from client.cli.output import CliError
-from client.cluster import ClusterView, MemberOutcome
+from client.cluster import ClusterView, HsmMember, MemberOutcome
 from client.errors import ClientError, HsmStatusError
 from protocol.status import Status
 
@@ -59,9 +59,16 @@ def require_any(outcomes: Sequence[MemberOutcome]) -> list[MemberOutcome]:
     raise CliError("No HSM answered")
 
 
+def session_members(view: ClusterView) -> list[HsmMember]:
+    """The HSMs this login reached: where its quorum tokens live."""
+    logged = [m for m in view.live_members if m.logged_in]
+    return logged or [view.primary()]
+
+
 async def push(view: ClusterView, op: str, args: dict[str, Any]) -> list[MemberOutcome]:
-    """A user or policy change: pushed to every HSM, except with a quorum approval, which is
-    a single-use token that lives on one HSM (see docs/cli.md), so it goes there only."""
+    """A user or policy change: pushed to every HSM. With a quorum approval it goes to every
+    HSM of the login: ``quorum token-sign generate`` placed the same token on each of them,
+    and each HSM consumes its own copy (single use per HSM; see docs/cli.md)."""
     if "approval" in args:
-        return await view.fan_out(op, args, members=[view.primary()])
+        return await view.fan_out(op, args, members=session_members(view))
     return await view.fan_out(op, args)

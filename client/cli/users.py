@@ -8,6 +8,8 @@ reaches, and ``user list`` compares what each HSM holds, printing ``cluster-cove
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
 import json
 import os
 from typing import Any
@@ -21,10 +23,10 @@ from client.cli.quorum import (
     b64,
     b64decode,
     read_approval,
-    read_registration_token,
+    read_registration_tokens,
 )
-from client.cli.results import coverage, push, require_any
-from client.cluster import MemberOutcome
+from client.cli.results import coverage, push, require_any, session_members
+from client.cluster import ClusterView, HsmMember, MemberOutcome
 from protocol.ops import Op
 from protocol.status import Status
 
@@ -136,30 +138,76 @@ async def change_password(ctx: CliContext, args: argparse.Namespace) -> Any:
     return {"username": username, "role": args.role}
 
 
+async def _register_on(
+    view: ClusterView, member: HsmMember, public_key: bytes, entries: list[dict[str, bytes]]
+) -> MemberOutcome:
+    """Register on one HSM with the entry that HSM issued (tried in the given order: an
+    entry another HSM issued is unknown here and answers TOKEN_NOT_FOUND)."""
+    outcome: MemberOutcome | None = None
+    for entry in entries:
+        [outcome] = await view.fan_out(
+            Op.USER_REGISTER_QUORUM_KEY,
+            {"public_key": public_key, "signed_token": entry},
+            members=[member],
+        )
+        if outcome.status is not Status.TOKEN_NOT_FOUND:
+            return outcome
+    assert outcome is not None
+    return outcome
+
+
 async def register_quorum_key(ctx: CliContext, args: argparse.Namespace) -> Any:
+    """Register the approver key on every HSM of the login, each with its own signed entry
+    of the registration token file (quorum registrations are not replicated, spec §3.8)."""
     public_key = read_input_file(args.public_key, "Public key file")
-    signed_token = read_registration_token(args.signed_token)
+    entries = read_registration_tokens(args.signed_token)
     view = await ctx.session_view(args.cluster_id)
-    result = await view.call(
-        Op.USER_REGISTER_QUORUM_KEY,
-        {"public_key": public_key, "signed_token": signed_token},
-        member=view.primary(),
+
+    def issued_by(member: HsmMember) -> list[dict[str, bytes]]:
+        home = [
+            e
+            for e in entries
+            if ctx.registration_homes.get(hashlib.sha256(e["approval_data"]).digest())
+            == member.address
+        ]
+        return home + [e for e in entries if e not in home]
+
+    outcomes = list(
+        await asyncio.gather(
+            *(_register_on(view, m, public_key, issued_by(m)) for m in session_members(view))
+        )
     )
+    registered = [o for o in outcomes if o.ok]
+    if not registered:
+        # A precise refusal (bad signature, wrong key) before "token not found".
+        for outcome in outcomes:
+            if outcome.status not in (None, Status.TOKEN_NOT_FOUND):
+                assert outcome.error is not None
+                raise outcome.error
+        require_any(outcomes)
+    result = registered[0].result
     return {"username": result.get("username"), "role": result.get("role")}
 
 
-def _read_signed_mfa_token(path: str) -> dict[str, bytes]:
+def _read_signed_mfa_tokens(path: str, count: int) -> list[dict[str, bytes]]:
+    """The ``count`` tokens written, in order; an entry left unsigned has ``signed`` empty
+    (its HSM is left unchanged, and ``user list`` shows the MFA state as inconsistent)."""
     document = _json_file(path, "Signed token file")
     tokens = document.get("tokens")
-    if not isinstance(tokens, list) or not tokens or not isinstance(tokens[0], dict):
-        raise CliError(f"Signed token file {path} lacks a tokens list")
-    unsigned = b64decode(tokens[0].get("unsigned"), f"unsigned in {path}")
-    signed = b64decode(tokens[0].get("signed"), f"signed in {path}")
-    if len(unsigned) != 32:
-        raise CliError(f"Signed token file {path}: unsigned must be 32 bytes")
-    if not signed:
+    if not isinstance(tokens, list) or len(tokens) != count:
+        raise CliError(f"Signed token file {path} must hold {count} tokens, one per HSM")
+    entries = []
+    for index, entry in enumerate(tokens):
+        if not isinstance(entry, dict):
+            raise CliError(f"Signed token file {path}: tokens[{index}] must be an object")
+        unsigned = b64decode(entry.get("unsigned"), f"tokens[{index}].unsigned in {path}")
+        signed = b64decode(entry.get("signed"), f"tokens[{index}].signed in {path}")
+        if len(unsigned) != 32:
+            raise CliError(f"Signed token file {path}: tokens[{index}].unsigned must be 32 bytes")
+        entries.append({"unsigned": unsigned, "signed": signed})
+    if not any(entry["signed"] for entry in entries):
         raise CliError(f"Signed token file {path} has not been signed")
-    return {"unsigned": unsigned, "signed": signed}
+    return entries
 
 
 def _json_file(path: str, what: str) -> dict[str, Any]:
@@ -187,10 +235,13 @@ async def change_mfa(ctx: CliContext, args: argparse.Namespace) -> Any:
             raise CliError("--token is required unless --deregister is given")
         if args.change_password is not None:
             call_args["change_password"] = ctx.new_password(args.change_password or None)
-        unsigned = os.urandom(32)
+        view = await ctx.session_view(args.cluster_id)
+        members = session_members(view)
+        # One unsigned token per HSM reached, as the CLI writes them (spec §3.5).
+        unsigned = [os.urandom(32) for _ in members]
         document = {
             "version": TOKEN_FILE_VERSION,
-            "tokens": [{"unsigned": b64(unsigned), "signed": ""}],
+            "tokens": [{"unsigned": b64(u), "signed": ""} for u in unsigned],
         }
         write_output_file(args.token, (json.dumps(document, indent=2) + "\n").encode())
         signed_path = (
@@ -200,11 +251,22 @@ async def change_mfa(ctx: CliContext, args: argparse.Namespace) -> Any:
             or args.token
         )
         public_key_path = ctx.read_line("Enter public key PEM file path:")
-        token = _read_signed_mfa_token(signed_path)
-        if token["unsigned"] != unsigned:
-            raise CliError(f"Signed token file {signed_path} does not hold the token just written")
-        call_args["signed_token"] = token
+        tokens = _read_signed_mfa_tokens(signed_path, len(unsigned))
+        if [t["unsigned"] for t in tokens] != unsigned:
+            raise CliError(f"Signed token file {signed_path} does not hold the tokens just written")
         call_args["public_key"] = read_input_file(public_key_path, "Public key file")
+        _with_approval(call_args, args.approval)
+        answers = await asyncio.gather(
+            *(
+                view.fan_out(
+                    Op.USER_CHANGE_MFA, {**call_args, "signed_token": token}, members=[member]
+                )
+                for member, token in zip(members, tokens, strict=True)
+                if token["signed"]
+            )
+        )
+        _accept([o for [o] in answers], ())
+        return {"username": username, "role": args.role}
     view = await ctx.session_view(args.cluster_id)
     outcomes = await push(view, Op.USER_CHANGE_MFA, _with_approval(call_args, args.approval))
     _accept(outcomes, ())

@@ -37,6 +37,9 @@ DEFAULT_TIMEOUT = 600
 MAX_TIMEOUT = 86_400
 MAX_TOKENS = 1024
 MAX_QUORUM_VALUE = 8
+#: Largest approval_data an HSM accepts: what an RSA-2048 key could sign raw (spec §3.6).
+MAX_APPROVAL_DATA = 245
+APPROVAL_DATA_MAGIC = b"cloudhsm-local-quorum-v1"
 QUORUM_REQUIRED_MESSAGE = "Quorum approval is required for this operation"
 
 
@@ -81,6 +84,22 @@ def digest_signature_valid(public_pem: bytes, signature: bytes, digest: bytes) -
     return True
 
 
+def check_copied_approval_data(approval_data: bytes, *, service: str, username: str) -> None:
+    """A token copied from another HSM must be one an HSM of this kind generated, for the
+    same service and the same user as the session placing it (no forged or borrowed data)."""
+    if len(approval_data) > MAX_APPROVAL_DATA:
+        raise HsmError(
+            Status.INVALID_ARGUMENT, f"approval_data is longer than {MAX_APPROVAL_DATA} bytes"
+        )
+    fields = approval_data.split(b"|", 4)
+    if len(fields) != 5 or fields[0] != APPROVAL_DATA_MAGIC or len(fields[4]) != 32:
+        raise HsmError(Status.INVALID_ARGUMENT, "approval_data is not a quorum token's data")
+    if fields[2] != service.encode():
+        raise HsmError(Status.INVALID_ARGUMENT, f"approval_data is not a {service} service token")
+    if fields[3] != username.encode():
+        raise HsmError(Status.INVALID_ARGUMENT, "approval_data belongs to another user")
+
+
 @dataclass(slots=True)
 class QuorumToken:
     token: bytes  # SHA-256 of approval_data
@@ -113,7 +132,13 @@ class QuorumTokens:
         approvals_required: int,
         generated_timeout: int,
         hsm_id: str,
+        approval_data: bytes | None = None,
     ) -> QuorumToken:
+        """A fresh token, or (``approval_data`` given) a copy of a token another HSM of the
+        cluster generated for the same user and service, so that one signed token file
+        approves the operation on every HSM the client pushes it to."""
+        if approval_data is not None:
+            check_copied_approval_data(approval_data, service=service, username=username)
         self.purge_expired(generated_timeout)
         if service in SINGLE_TOKEN_SERVICES:
             # One live token per user per service: a new one replaces the old.
@@ -123,14 +148,15 @@ class QuorumTokens:
                 del self._tokens[old.token]
         if len(self._tokens) >= MAX_TOKENS:
             raise HsmError(Status.TOKEN_LIMIT)
-        # Opaque to clients; ≤ 245 bytes so an RSA-2048 key could even sign it raw.
-        approval_data = (
-            b"|".join(
-                [b"cloudhsm-local-quorum-v1", hsm_id.encode(), service.encode(), username.encode()]
+        if approval_data is None:
+            # Opaque to clients; ≤ 245 bytes so an RSA-2048 key could even sign it raw.
+            approval_data = (
+                b"|".join(
+                    [APPROVAL_DATA_MAGIC, hsm_id.encode(), service.encode(), username.encode()]
+                )
+                + b"|"
+                + os.urandom(32)
             )
-            + b"|"
-            + os.urandom(32)
-        )
         token = QuorumToken(
             token=hashlib.sha256(approval_data).digest(),
             approval_data=approval_data,
@@ -150,6 +176,7 @@ class QuorumTokens:
             {
                 "username": t.username,
                 "service": t.service,
+                "token": t.token,
                 "approvals-required": t.approvals_required,
                 "number-of-approvals": 0,
                 "token-timeout-seconds": max(0, int(t.created + generated_timeout - now)),
