@@ -18,7 +18,10 @@ leaves the client:
 
 Requests are pipelined: :meth:`HsmConnection.call` assigns an id, queues the
 message, and awaits the response with that id; writes issued in the same
-event-loop turn are coalesced into one TLS record and one frame.
+event-loop turn are coalesced into one TLS record and one frame. Request
+timeouts cost no timer per request: every request of a channel has the same
+timeout, so their deadlines are in request order, and one timer per channel,
+set for the oldest request still unanswered, expires what is due.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import functools
 import itertools
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,9 @@ __all__ = ["ChannelSettings", "HelloInfo", "HsmConnection"]
 
 #: How the client names itself in HELLO.
 CLIENT_NAME = "cloudhsm-local-client/0.1"
+
+#: The event loop runs a timer up to one clock tick early; a deadline that close is due.
+_CLOCK_SLACK = time.get_clock_info("monotonic").resolution
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,10 @@ class HsmConnection:
         self._messages = MessageDecoder()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Response]] = {}
+        # Unanswered requests' deadlines (loop time) and ops, oldest first: ids grow and
+        # the timeout is the channel's, so insertion order is deadline order.
+        self._deadlines: dict[int, tuple[float, str]] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._setup_frames: asyncio.Queue[Frame | None] = asyncio.Queue()
         self._ready = False
         self._failure: errors.ClientError | None = None
@@ -339,12 +350,14 @@ class HsmConnection:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        # One timer per request (cheaper than asyncio.timeout on a hot path).
-        timer = self._loop.call_later(self._settings.request_timeout, self._expire, request_id, op)
+        deadline = self._loop.time() + self._settings.request_timeout
+        self._deadlines[request_id] = (deadline, op)
+        if self._sweep_timer is None:
+            self._sweep_timer = self._loop.call_at(deadline, self._sweep)
         try:
             response = await future
         finally:
-            timer.cancel()
+            self._deadlines.pop(request_id, None)
             self._pending.pop(request_id, None)
         if response.status != 0:
             message = None
@@ -354,15 +367,26 @@ class HsmConnection:
             raise errors.status_error(response.status, message, response.result)
         return response.result
 
-    def _expire(self, request_id: int, op: str) -> None:
-        future = self._pending.pop(request_id, None)
-        if future is not None and not future.done():
-            future.set_exception(
-                errors.RequestTimeout(
-                    f"the HSM at {self.peer} did not answer {op!r} within "
-                    f"{self._settings.request_timeout} s; its outcome is unknown"
+    def _sweep(self) -> None:
+        """Expire every request past its deadline; set the timer for the next one."""
+        self._sweep_timer = None
+        due = self._loop.time() + _CLOCK_SLACK
+        expired: list[tuple[int, str]] = []
+        for request_id, (deadline, op) in self._deadlines.items():
+            if deadline > due:
+                self._sweep_timer = self._loop.call_at(deadline, self._sweep)
+                break
+            expired.append((request_id, op))
+        for request_id, op in expired:
+            del self._deadlines[request_id]
+            future = self._pending.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(
+                    errors.RequestTimeout(
+                        f"the HSM at {self.peer} did not answer {op!r} within "
+                        f"{self._settings.request_timeout} s; its outcome is unknown"
+                    )
                 )
-            )
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -436,6 +460,10 @@ class HsmConnection:
             if not future.done():
                 future.set_exception(failure)
         self._pending.clear()
+        self._deadlines.clear()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         if not self._ready:
             self._setup_frames.put_nowait(None)
         if self._protocol is not None and self._protocol.transport is not None:

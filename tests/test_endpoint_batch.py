@@ -1,16 +1,22 @@
-"""The endpoint's group commit: pipelined requests reach the HSM as one ``handle_batch``.
+"""Batching on the channel: the endpoint's group commit, the client's timeout sweep.
+
+Pipelined requests reach the HSM as one ``handle_batch``.
 
 A real one-HSM cluster (TLS on loopback, SQLite file) and a real client channel: a burst
 of pipelined key creations is answered in full, each answer to its own request, and every
 acknowledged key is in the HSM's file (read through a separate SQLite connection) by the
 time the client sees the answers. A refused request inside the batch changes nothing and
 leaves the others standing; bursts from two channels at once are both served.
+
+On the client, one timer per channel expires requests: each still times out at its own
+deadline, and the channel stays usable after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +26,10 @@ import pytest
 from client.cluster import channel_settings
 from client.config import load_config
 from client.connection import HsmConnection
-from client.errors import HsmStatusError
+from client.errors import HsmStatusError, RequestTimeout
 from fixtures.clients import run_cli
 from fixtures.cluster import ClusterUnderTest
+from fixtures.trust import SingleHsmTarget
 from protocol.ops import Op
 from protocol.status import Status
 from simulator.hsm import Hsm
@@ -142,3 +149,41 @@ def test_bursts_from_two_channels_are_both_served_in_their_own_order(
         assert labels == [f"{username}-{n}" for n in range(BURST // 2)]
         assert len(_stored_keys(one_hsm, hsm_id, username)) == BURST // 2
     assert max(batch_sizes) > 1
+
+
+def test_pipelined_requests_time_out_each_at_its_own_deadline(
+    single_hsm_target: SingleHsmTarget,
+) -> None:
+    target = single_hsm_target
+    timeout = 0.4
+    release = threading.Event()
+    settings = target.settings_with(request_timeout=timeout)
+
+    async def timed(call: Any) -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(RequestTimeout, match=r"did not answer 'hsm\.info' within 0\.4 s"):
+            await call
+        return loop.time() - started
+
+    async def scenario() -> None:
+        async with await HsmConnection.open(target.host, target.port, settings) as conn:
+            # Occupy the HSM's single worker: nothing is answered until release.
+            blocker = target.endpoint.executor.submit(release.wait, 30)
+            first = asyncio.ensure_future(timed(conn.call("hsm.info")))
+            await asyncio.sleep(timeout / 2)
+            second = asyncio.ensure_future(timed(conn.call("hsm.info")))
+            cancelled = asyncio.ensure_future(conn.call("hsm.info"))
+            await asyncio.sleep(0)
+            cancelled.cancel()
+            first_waited = await first
+            assert first_waited >= timeout
+            second_waited = await second
+            assert second_waited >= timeout
+            release.set()
+            await asyncio.wrap_future(blocker)
+            # Late answers are dropped; new requests get their own, within their time.
+            answers = await asyncio.gather(*(conn.call("hsm.info") for _ in range(8)))
+            assert {answer["hsm-id"] for answer in answers} == {target.hello.hsm_id}
+
+    asyncio.run(scenario())
