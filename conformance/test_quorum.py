@@ -9,7 +9,9 @@ run the operation with ``--approval``. Every scenario uses its own cluster:
 quorum values and timeouts are cluster policy, and raising them would change
 the session cluster for every other scenario. The clusters have one HSM: the
 quorum rules are each HSM's own, and how policies spread over several HSMs is
-the ``cluster`` family's subject.
+the ``cluster`` family's subject — except the cross-HSM scenario at the end: users and
+policies are not replicated, so the CLI registers approvers, places tokens and pushes
+approved changes on every HSM it reaches, and the result must show full coverage.
 """
 
 from __future__ import annotations
@@ -88,18 +90,18 @@ class QuorumCluster:
 def register_quorum_key(
     shell: InteractiveCli, user: Credentials, directory: Path
 ) -> rsa.RSAPrivateKey:
-    """`quorum token-sign generate --service registration`, sign, then
-    `user change-quorum token-sign register` as the user."""
+    """`quorum token-sign generate --service registration`, sign every entry (one per HSM),
+    then `user change-quorum token-sign register` as the user."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     token = directory / f"{user.username}-registration.token"
     shell.ok("quorum", "token-sign", "generate", "--service", "registration", "--token", str(token))
     document = json.loads(token.read_text())
-    entry = document["tokens"][0]
-    unsigned = base64.b64decode(entry["unsigned"])
-    # openssl pkeyutl -sign -pkeyopt digest:sha256: the 32-byte value is the digest.
-    entry["signed"] = base64.b64encode(
-        key.sign(unsigned, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
-    ).decode()
+    for entry in document["tokens"]:
+        unsigned = base64.b64decode(entry["unsigned"])
+        # openssl pkeyutl -sign -pkeyopt digest:sha256: the 32-byte value is the digest.
+        entry["signed"] = base64.b64encode(
+            key.sign(unsigned, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        ).decode()
     token.write_text(json.dumps(document))
     public = directory / f"{user.username}-quorum.pem"
     public.write_bytes(
@@ -130,7 +132,16 @@ def quorum_cluster(
 ) -> QuorumCluster:
     """A fresh one-HSM cluster with two admins whose quorum keys are registered (quorum
     values 1)."""
-    cluster = cluster_factory(hsms=1)
+    return build_quorum_cluster(cluster_factory(hsms=1), interactive_cli, user_names, tmp_path)
+
+
+def build_quorum_cluster(
+    cluster: ClusterUnderTest,
+    interactive_cli: Callable[..., InteractiveCli],
+    user_names: UserNames,
+    tmp_path: Path,
+) -> QuorumCluster:
+    """Two admins of ``cluster`` with their quorum keys registered (quorum values 1)."""
     admin = admin_credentials(cluster)
     second = Credentials(user_names.username("officer_"), user_names.password(), "admin")
     CloudHsmCli(cluster, admin).ok(
@@ -370,3 +381,46 @@ def test_key_usage_quorum_on_a_shared_key(
     approval = q.approve(q.generate("key-usage"), q.approvers)
     assert shell.ok(*sign, "--approval", str(approval))["signature"]
     assert shell.error(*sign, "--approval", str(approval)) == QUORUM_REQUIRED
+
+
+def test_quorum_spans_every_hsm_of_the_cluster(
+    cluster_factory: ClusterFactory,
+    interactive_cli: Callable[..., InteractiveCli],
+    user_names: UserNames,
+    tmp_path: Path,
+) -> None:
+    """On a three-HSM cluster: the registration token file holds one entry per HSM and the
+    approvers show quorum `enabled` with full coverage; quorum values read the same on every
+    HSM; a service token is listed with full coverage; a user created with a two-signature
+    approval exists on every HSM (coverage full); the spent token cannot be used again."""
+    cluster = cluster_factory(hsms=3)
+    q = build_quorum_cluster(cluster, interactive_cli, user_names, tmp_path)
+    registration = json.loads(q.generate("registration").read_text())
+    assert len(registration["tokens"]) == 3
+    assert len({t["approval_data"] for t in registration["tokens"]}) == 3
+    users = {u["username"]: u for u in CloudHsmCli(cluster).ok("user", "list")["users"]}
+    for approver in q.approvers:
+        entry = users[approver.user.username]
+        assert entry["quorum"] == [{"strategy": "token-sign", "status": "enabled"}]
+        assert entry["cluster-coverage"] == "full"
+
+    raise_user_quorum_to_two(q)  # asserts the merged values are 2, not "inconsistent"
+    token = q.generate("user")
+    listed = [
+        t for t in q.shell.ok("quorum", "token-sign", "list")["tokens"] if t["service"] == "user"
+    ]
+    assert [(t["approvals-required"], t["cluster-coverage"]) for t in listed] == [(2, "full")]
+
+    newcomer = q.names.username("everywhere_")
+    both = q.approve(token, q.approvers)
+    created = q.shell.ok(*q.create_user_args(newcomer), "--approval", str(both))
+    assert created == {"username": newcomer, "role": "crypto-user"}
+    users = {u["username"]: u for u in CloudHsmCli(cluster).ok("user", "list")["users"]}
+    assert users[newcomer]["cluster-coverage"] == "full"
+    assert [
+        t for t in q.shell.ok("quorum", "token-sign", "list")["tokens"] if t["service"] == "user"
+    ] == []
+
+    again = q.names.username("again_")
+    assert q.shell.error(*q.create_user_args(again), "--approval", str(both)) == QUORUM_REQUIRED
+    assert again not in listed_usernames(cluster)
