@@ -55,10 +55,12 @@ class SoftHsmRates:
 
 def unavailable_reason(library: str = LIBRARY_PATH) -> str | None:
     """Why SoftHSMv2 cannot be measured here, or None when it can."""
-    if importlib.util.find_spec("pkcs11") is None:
-        return "python-pkcs11 is not installed (pip install python-pkcs11)"
+    # The library first: it is the piece a machine most often lacks, and the answer
+    # then does not depend on which Python packages happen to be installed.
     if not Path(library).exists():
         return f"{library} not found (apt-get install softhsm2)"
+    if importlib.util.find_spec("pkcs11") is None:
+        return "python-pkcs11 is not installed (pip install python-pkcs11)"
     if shutil.which("softhsm2-util") is None:
         return "softhsm2-util not found on PATH (apt-get install softhsm2)"
     return None
