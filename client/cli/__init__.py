@@ -56,6 +56,8 @@ async def execute(ctx: CliContext, parser: CliParser, argv: Sequence[str]) -> in
     """Run one command line and print its envelope; returns the error code."""
     try:
         args = parser.parse_args(list(argv))
+        if getattr(args, "config", None):
+            ctx.use_config(args.config)
         handler = getattr(args, "handler", None)
         if handler is None:
             group = getattr(args, "group_parser", None) or parser

@@ -60,6 +60,12 @@ class CliContext:
             self._config = load_config(resolve_config_path(explicit))
         return self._config
 
+    def use_config(self, path: str) -> None:
+        """``--config PATH`` given with a command: that file configures this command on."""
+        if path != self.config_path:
+            self.config_path = path
+            self._config = None
+
     def cluster_id(self, requested: str | None) -> str | None:
         return requested or self.default_cluster_id
 

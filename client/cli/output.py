@@ -57,8 +57,47 @@ def render_value(name: str, value: Any) -> Any:
     return value
 
 
+#: The order the AWS CLI prints key attributes in (spec §4.2 key object example; ``curve``
+#: and ``ec-point`` of EC keys after the common ones). Names not listed follow, sorted.
+ATTRIBUTE_ORDER = (
+    "key-type",
+    "label",
+    "id",
+    "check-value",
+    "class",
+    "encrypt",
+    "decrypt",
+    "token",
+    "always-sensitive",
+    "derive",
+    "destroyable",
+    "extractable",
+    "local",
+    "modifiable",
+    "never-extractable",
+    "private",
+    "sensitive",
+    "sign",
+    "trusted",
+    "unwrap",
+    "verify",
+    "wrap",
+    "wrap-with-trusted",
+    "key-length-bytes",
+    "public-exponent",
+    "modulus",
+    "modulus-size-bits",
+    "curve",
+    "ec-point",
+)
+_ATTRIBUTE_RANK = {name: rank for rank, name in enumerate(ATTRIBUTE_ORDER)}
+
+
 def render_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: render_value(name, value) for name, value in attributes.items()}
+    """Attributes as the CLI prints them, in the AWS CLI's order (the HSM's answer comes
+    in canonical CBOR order, which is not the order an operator reads in the AWS guide)."""
+    names = sorted(attributes, key=lambda n: (_ATTRIBUTE_RANK.get(n, len(_ATTRIBUTE_RANK)), n))
+    return {name: render_value(name, attributes[name]) for name in names}
 
 
 def _user_entries(users: Any, coverage: Mapping[str, str] | None) -> list[dict[str, Any]]:
@@ -78,14 +117,15 @@ def _user_entries(users: Any, coverage: Mapping[str, str] | None) -> list[dict[s
 def render_key_info(info: Mapping[str, Any], cluster_coverage: str = "full") -> dict[str, Any]:
     coverage = info.get("key-coverage")
     per_user = coverage if isinstance(coverage, Mapping) else None
-    quorum = info.get("key-quorum-values") or {
-        "manage-key-quorum-value": 0,
-        "use-key-quorum-value": 0,
-    }
+    quorum = info.get("key-quorum-values") or {}
     return {
         "key-owners": _user_entries(info.get("key-owners"), per_user),
         "shared-users": _user_entries(info.get("shared-users"), per_user),
-        "key-quorum-values": dict(quorum),
+        # manage before use, as the AWS CLI prints them (spec §4.2).
+        "key-quorum-values": {
+            "manage-key-quorum-value": quorum.get("manage-key-quorum-value", 0),
+            "use-key-quorum-value": quorum.get("use-key-quorum-value", 0),
+        },
         "cluster-coverage": str(info.get("cluster-coverage", cluster_coverage)),
     }
 

@@ -69,6 +69,15 @@ class CommandGroup:
         leaf.add_argument(
             "--cluster-id", dest="cluster_id", metavar="<CLUSTER_ID>", help=CLUSTER_ID_HELP
         )
+        # The AWS CLI's --config is a global option (shown in every command's help, spec
+        # §4.1); SUPPRESS keeps a --config given before the command.
+        leaf.add_argument(
+            "--config",
+            dest="config",
+            default=argparse.SUPPRESS,
+            metavar="<CONFIG>",
+            help="Path of the client configuration file",
+        )
         leaf.set_defaults(handler=handler, group_parser=None)
         return leaf
 

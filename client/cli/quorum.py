@@ -192,8 +192,25 @@ def _merge_token_lists(outcomes: list[MemberOutcome]) -> list[dict[str, Any]]:
     listing = []
     for key, entry in merged.items():
         entry["cluster-coverage"] = coverage(len(holders[key]), len(answered))
-        listing.append(entry)
+        listing.append(_in_aws_order(entry))
     return listing
+
+
+#: The order of a ``quorum token-sign list`` entry in the AWS guide (spec §4.2).
+TOKEN_FIELD_ORDER = (
+    "username",
+    "service",
+    "approvals-required",
+    "number-of-approvals",
+    "token-timeout-seconds",
+    "cluster-coverage",
+)
+
+
+def _in_aws_order(entry: dict[str, Any]) -> dict[str, Any]:
+    ordered = {name: entry[name] for name in TOKEN_FIELD_ORDER if name in entry}
+    ordered.update((name, value) for name, value in entry.items() if name not in ordered)
+    return ordered
 
 
 async def list_tokens(ctx: CliContext, args: argparse.Namespace) -> Any:
@@ -284,7 +301,9 @@ def register(root: CommandGroup) -> None:
     leaf.add_argument("--value", required=True, type=int)
     add_approval(leaf)
     leaf = sign.command("set-timeout", "Set the quorum token timeouts", set_timeout)
-    leaf.add_argument("--generated", type=_seconds)
-    leaf.add_argument("--approved", type=_seconds)
+    # One of the two per call, as the AWS usage reads: <--generated <GENERATED> |--approved ...>
+    which = leaf.add_mutually_exclusive_group()
+    which.add_argument("--generated", type=_seconds, metavar="<GENERATED>")
+    which.add_argument("--approved", type=_seconds, metavar="<APPROVED>")
     leaf = sign.command("delete", "Delete quorum tokens", delete_tokens)
     leaf.add_argument("--scope", required=True, choices=("user", "all"))
