@@ -20,6 +20,7 @@ from client.cli import build_parser
 from client.cli.output import ATTRIBUTE_ORDER
 from fixtures.clients import CloudHsmCli, Credentials, InteractiveCli
 from fixtures.cluster import ClusterUnderTest
+from fixtures.users import UserNames
 
 KEY_REFERENCE = re.compile(r"0x[0-9a-f]{16}")
 
@@ -428,7 +429,8 @@ def test_interactive_help_and_quit(cloudhsm_cluster: ClusterUnderTest) -> None:
     assert len(prompts) == 4  # three prompts: help, help user create, quit (nothing after)
     assert "user" in prompts[1]
     assert "quorum" in prompts[1]
-    assert "--username" in prompts[2]
+    # Option values read as in the AWS help: --username <USERNAME>.
+    assert "--username <USERNAME>" in prompts[2]
     assert "--role" in prompts[2]
     assert "error_code" not in done.stdout  # nothing ran after quit
 
@@ -579,3 +581,74 @@ def test_set_timeout_takes_one_of_generated_and_approved(admin_cli: CloudHsmCli)
         "Set token timeout successful"
     )
     assert admin_cli.ok("quorum", "token-sign", "list-timeouts")["approved"] == 600
+
+
+def test_a_named_user_that_does_not_exist(
+    cli: CloudHsmCli, crypto_user: Callable[[], Credentials], user_names: UserNames
+) -> None:
+    """Spec §8.1: a missing user named by a command reads ``Specified user does not exist``;
+    ``Incorrect authentication credentials`` is kept for refused logins (the caller's own
+    credentials), where an unknown user and a wrong password read alike."""
+    owner_credentials = crypto_user()
+    owner = cli.as_user(owner_credentials)
+    ghost = user_names.username()
+    owner.ok("key", "generate-symmetric", "aes", "--label", "fid-s", "--key-length-bytes", "16")
+    share = ("--filter", "attr.label=fid-s", "--username", ghost, "--role", "crypto-user")
+    assert owner.error("key", "share", *share) == "Specified user does not exist"
+    assert owner.error("key", "unshare", *share) == "Specified user does not exist"
+    assert (
+        owner.error(
+            "key",
+            "generate-symmetric",
+            "aes",
+            "--label",
+            "fid-s2",
+            "--key-length-bytes",
+            "16",
+            "--share-crypto-users",
+            ghost,
+        )
+        == "Specified user does not exist"
+    )
+    for stranger in (
+        Credentials(ghost, "Password-1", "crypto-user"),
+        Credentials(owner_credentials.username, "x" + owner_credentials.password, "crypto-user"),
+    ):
+        assert cli.as_user(stranger).error("key", "list") == "Incorrect authentication credentials"
+        assert (
+            cli.error(
+                "login",
+                "--username",
+                stranger.username,
+                "--role",
+                "crypto-user",
+                "--password",
+                stranger.password,
+            )
+            == "Incorrect authentication credentials"
+        )
+
+
+@pytest.mark.parametrize("option", ["--manage-key-quorum-value", "--use-key-quorum-value"])
+@pytest.mark.parametrize("value", ["9", "-1"])
+def test_key_quorum_value_out_of_range(
+    cli: CloudHsmCli, crypto_user: Callable[[], Credentials], option: str, value: str
+) -> None:
+    """Spec §3.6, §8.1: key quorum values range over 0..8; a bad one reads ``Invalid
+    quorum value provided.`` (not the name of a wire argument) and makes no key."""
+    owner = cli.as_user(crypto_user())
+    assert (
+        owner.error(
+            "key",
+            "generate-symmetric",
+            "aes",
+            "--label",
+            "fid-kq",
+            "--key-length-bytes",
+            "16",
+            option,
+            value,
+        )
+        == "Invalid quorum value provided."
+    )
+    assert owner.ok("key", "list", "--filter", "attr.label=fid-kq")["total_key_count"] == 0

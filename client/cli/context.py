@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TextIO
 
 from client.cli.output import CliError
+from client.cli.results import login_refusal
 from client.cluster import ClusterView
 from client.config import ClientConfig, load_config, resolve_config_path
+from client.errors import HsmStatusError
 
 ROLE_ENV = "CLOUDHSM_ROLE"
 PIN_ENV = "CLOUDHSM_PIN"
@@ -87,7 +89,13 @@ class CliContext:
             credentials = self.env_credentials()
             if credentials is not None:
                 username, role, password = credentials
-                await view.login(username, role, password)
+                try:
+                    await view.login(username, role, password)
+                except HsmStatusError as exc:
+                    refusal = login_refusal(exc)
+                    if refusal is not None:
+                        raise refusal from None
+                    raise
         return view
 
     def env_credentials(self) -> tuple[str, str, str] | None:

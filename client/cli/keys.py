@@ -51,6 +51,18 @@ async def find_one(
     return keys[0]
 
 
+#: Key quorum values range over 0..8 (spec §3.6).
+KEY_QUORUM_RANGE = range(0, 9)
+
+
+def key_quorum_value(value: int) -> int:
+    """A ``--*-key-quorum-value`` as the HSM takes it; out of range is the CLI's one
+    documented refusal for a bad key quorum value (spec §3.6, §8.1)."""
+    if value not in KEY_QUORUM_RANGE:
+        raise CliError("Invalid quorum value provided.")
+    return value
+
+
 def _share_with(users: list[str] | None) -> list[str]:
     return [name.lower() for name in users or []]
 
@@ -73,9 +85,9 @@ async def generate_symmetric(ctx: CliContext, args: argparse.Namespace, key_type
         call_args["attributes"] = attributes
     _common_creation(args, call_args)
     if args.manage_key_quorum_value is not None:
-        call_args["manage_quorum"] = args.manage_key_quorum_value
+        call_args["manage_quorum"] = key_quorum_value(args.manage_key_quorum_value)
     if args.use_key_quorum_value is not None:
-        call_args["use_quorum"] = args.use_key_quorum_value
+        call_args["use_quorum"] = key_quorum_value(args.use_key_quorum_value)
     view = await ctx.session_view(args.cluster_id)
     result = await view.use_key(Op.KEY_GENERATE, call_args)
     return {"key": render_key(result["key"])}
@@ -108,9 +120,9 @@ async def generate_pair(
         call_args["private_attributes"] = private_attributes
     _common_creation(args, call_args)
     if args.manage_private_key_quorum_value is not None:
-        call_args["manage_quorum"] = args.manage_private_key_quorum_value
+        call_args["manage_quorum"] = key_quorum_value(args.manage_private_key_quorum_value)
     if args.use_private_key_quorum_value is not None:
-        call_args["use_quorum"] = args.use_private_key_quorum_value
+        call_args["use_quorum"] = key_quorum_value(args.use_private_key_quorum_value)
     view = await ctx.session_view(args.cluster_id)
     result = await view.use_key(Op.KEY_GENERATE_PAIR, call_args)
     return {

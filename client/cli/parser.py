@@ -31,10 +31,18 @@ class HelpShown(Exception):
         self.text = text
 
 
+class AwsHelpFormatter(argparse.HelpFormatter):
+    """Option values shown as the AWS CLI's help shows them: ``--username <USERNAME>``."""
+
+    def _get_default_metavar_for_optional(self, action: argparse.Action) -> str:
+        return f"<{action.dest.upper()}>"
+
+
 class CliParser(argparse.ArgumentParser):
     """An ArgumentParser that raises instead of exiting."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", AwsHelpFormatter)
         kwargs.setdefault("exit_on_error", False)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)

@@ -10,10 +10,18 @@ from client.cluster import ClusterView, HsmMember, MemberOutcome
 from client.errors import ClientError, HsmStatusError
 from protocol.status import Status
 
+#: What the CLI prints for any refused login (spec §8.1): one text for a wrong password,
+#: an unknown user and a cluster not yet activated, so it does not tell which it was.
+LOGIN_REFUSED = "Incorrect authentication credentials"
+_LOGIN_STATUSES = frozenset({Status.USER_NOT_FOUND, Status.LOGIN_FAILURE, Status.NOT_ACTIVATED})
+
+#: A user named by a command (share, delete, change-password...) that the HSM does not
+#: know (spec §8.1, ``user delete`` of a missing user).
+USER_MISSING = "Specified user does not exist"
+
 #: Statuses whose CLI text the AWS CLI pins (spec §8.1); the HSM's own detail is not shown.
 PINNED_MESSAGES = frozenset(
     {
-        Status.USER_NOT_FOUND,
         Status.LOGIN_FAILURE,
         Status.NOT_ACTIVATED,
         Status.SIGNATURE_INVALID,
@@ -34,10 +42,20 @@ def status_message(error: ClientError) -> str:
     """The ``data`` string for a failure."""
     if isinstance(error, HsmStatusError):
         status = error.status
+        if status is Status.USER_NOT_FOUND:
+            # Outside a login (logins are turned into LOGIN_REFUSED where they happen).
+            return USER_MISSING
         if isinstance(status, Status) and status in PINNED_MESSAGES:
             return status.info.cli_message
         return error.message
     return str(error)
+
+
+def login_refusal(error: HsmStatusError) -> CliError | None:
+    """The CLI's error for a login the HSMs refused, or None if the refusal is another."""
+    if error.status in _LOGIN_STATUSES:
+        return CliError(LOGIN_REFUSED)
+    return None
 
 
 def coverage(holders: int, answered: int) -> str:

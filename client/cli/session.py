@@ -20,8 +20,9 @@ from client.cli.context import ROLES, CliContext, read_input_file, write_output_
 from client.cli.output import CliError
 from client.cli.parser import CLUSTER_ID_HELP, CommandGroup
 from client.cli.quorum import TOKEN_FILE_VERSION, b64, b64decode
+from client.cli.results import LOGIN_REFUSED, login_refusal
 from client.cluster import mfa_challenge
-from client.errors import LoginFailure
+from client.errors import HsmStatusError, LoginFailure
 
 SIGNED_TOKEN_PROMPT = (
     "Enter signed token file path (press enter if same as the unsigned token file):"
@@ -118,6 +119,11 @@ async def login(ctx: CliContext, args: argparse.Namespace) -> Any:
                 "Incorrect authentication credentials: the HSM refused the signed token "
                 "(its signature does not verify with the user's MFA public key)"
             ) from None
+        raise CliError(LOGIN_REFUSED) from None
+    except HsmStatusError as exc:
+        refusal = login_refusal(exc)
+        if refusal is not None:
+            raise refusal from None
         raise
     return {
         "username": str(result.get("username", username)),
