@@ -652,3 +652,40 @@ def test_key_quorum_value_out_of_range(
         == "Invalid quorum value provided."
     )
     assert owner.ok("key", "list", "--filter", "attr.label=fid-kq")["total_key_count"] == 0
+
+
+def test_change_password_and_change_mfa_options(
+    admin_cli: CloudHsmCli, crypto_user: Callable[[], Credentials], tmp_path: Path
+) -> None:
+    """Spec §4.2 and the AWS help: ``user change-password`` takes ``--deregister-mfa`` and
+    ``--deregister-quorum`` (printed there with a value, so ``true`` is accepted after
+    them); ``user change-mfa token-sign`` takes ``--token`` or ``--deregister``, not both."""
+    user = crypto_user()
+    changed = admin_cli.ok(
+        "user",
+        "change-password",
+        "--username",
+        user.username,
+        "--role",
+        "crypto-user",
+        "--password",
+        user.password,
+        "--deregister-mfa",
+        "--deregister-quorum",
+        "true",
+    )
+    assert changed == {"username": user.username, "role": "crypto-user"}
+    both = admin_cli.error(
+        "user",
+        "change-mfa",
+        "token-sign",
+        "--username",
+        user.username,
+        "--role",
+        "crypto-user",
+        "--token",
+        str(tmp_path / "t.json"),
+        "--deregister",
+    )
+    assert "--deregister" in both
+    assert not (tmp_path / "t.json").exists()

@@ -273,6 +273,12 @@ async def change_mfa(ctx: CliContext, args: argparse.Namespace) -> Any:
     return {"username": username, "role": args.role}
 
 
+def _flag_value(text: str) -> bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _user_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--username", required=True, help="Username of the user")
     parser.add_argument("--role", required=True, choices=ROLES, help="Role of the user")
@@ -291,16 +297,28 @@ def register(root: CommandGroup) -> None:
     leaf = user.command("change-password", "Change a user's password", change_password)
     _user_arguments(leaf)
     leaf.add_argument("--password", help="Optional: the new password")
-    leaf.add_argument("--deregister-mfa", action="store_true", dest="deregister_mfa")
-    leaf.add_argument("--deregister-quorum", action="store_true", dest="deregister_quorum")
+    # Flags; the AWS help prints them with a value (<DEREGISTER-MFA>), so `true`/`false`
+    # after them is accepted too.
+    for flag in ("--deregister-mfa", "--deregister-quorum"):
+        leaf.add_argument(
+            flag,
+            dest=flag[2:].replace("-", "_"),
+            nargs="?",
+            const=True,
+            default=False,
+            type=_flag_value,
+            metavar=f"<{flag[2:].upper()}>",
+        )
     add_approval(leaf)
     change_mfa_group = user.group("change-mfa", "Change a user's multi-factor authentication")
     leaf = change_mfa_group.command("token-sign", "Token-sign MFA strategy", change_mfa)
     _user_arguments(leaf)
-    leaf.add_argument("--token", help="Filepath where the unsigned token file is written")
     leaf.add_argument("--change-password", dest="change_password", nargs="?", const="")
     leaf.add_argument("--change-quorum", action="store_true", dest="change_quorum")
-    leaf.add_argument("--deregister", action="store_true")
+    # <--token <TOKEN>|--deregister>: one or the other, as the AWS usage reads.
+    which = leaf.add_mutually_exclusive_group()
+    which.add_argument("--token", help="Filepath where the unsigned token file is written")
+    which.add_argument("--deregister", action="store_true")
     add_approval(leaf)
     change_quorum = user.group("change-quorum", "Change a user's quorum registration")
     token_sign = change_quorum.group("token-sign", "Token-sign quorum strategy")
