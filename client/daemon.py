@@ -14,7 +14,16 @@ The socket carries the same length-prefixed canonical CBOR messages as the HSM c
 :class:`client.cluster.ClusterView` (``view.call``, ``view.use_key``, ``view.change_key``,
 ``view.fan_out``, ``view.login``, ``view.logout``) and the daemon answers ``{id, status,
 result}`` with the HSM's status, so the library raises the same exceptions through the
-daemon as directly. Requests on one connection may be pipelined.
+daemon as directly. A refusal's answer is ``{message, result?}``: ``result`` is the whole
+result the HSM refused with (such as an MFA challenge), so the application's
+:class:`HsmStatusError` has the same ``.result`` as a direct client's. Requests on one
+connection may be pipelined.
+
+MFA logins keep the signing key in the application: ``view.login`` with ``mfa: true``
+starts the login; when the HSMs challenge it the daemon answers ``{mfa_challenges: [32-byte
+tokens]}`` while the login waits, and the application completes it with
+``view.login_mfa {signed: [signature per token]}`` (or ``{abandon: true}``), which the
+daemon answers with the login's own outcome.
 
 The socket is created mode 0600 (only the daemon's user); ``--socket-group`` makes it
 0660 for that group. Its directory must not be writable by others.
@@ -33,10 +42,11 @@ import signal
 import stat
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.cluster import ClusterView, HsmMember, MemberOutcome
+from client.cluster import ClusterView, HsmMember, MemberOutcome, MfaSigner
 from client.config import ClientConfig, ServerEntry, load_config
 from client.errors import ClientError, ConnectionLost, HsmStatusError, status_error
 from protocol.errors import ProtocolError
@@ -63,6 +73,7 @@ _VIEW_OPS = (
     "view.change_key",
     "view.fan_out",
     "view.login",
+    "view.login_mfa",
     "view.logout",
 )
 
@@ -78,9 +89,25 @@ def default_socket_path() -> Path:
     return Path(f"/tmp/cloudhsm-client-{os.getuid()}") / "client.sock"  # noqa: S108 - private 0700 dir
 
 
+def _refusal_wire(error: HsmStatusError) -> dict[str, Any]:
+    """A refusal as the daemon sends it; ``result`` only when the HSM sent one."""
+    wire: dict[str, Any] = {"message": error.message}
+    if error.result is not None:
+        wire["result"] = error.result
+    return wire
+
+
+def _refusal(status: int, wire: object) -> HsmStatusError:
+    """The exception a daemon refusal stands for (the inverse of :func:`_refusal_wire`)."""
+    if not isinstance(wire, dict):
+        return status_error(status)
+    message = wire.get("message")
+    return status_error(status, message if isinstance(message, str) else None, wire.get("result"))
+
+
 def _error_response(request_id: int, error: ClientError) -> Response:
     if isinstance(error, HsmStatusError):
-        return Response(request_id, int(error.status), {"message": error.message})
+        return Response(request_id, int(error.status), _refusal_wire(error))
     return Response(
         request_id,
         int(Status.HSM_UNAVAILABLE),
@@ -197,6 +224,26 @@ class DaemonServer:
             self.socket_path.unlink()
 
 
+@dataclass
+class _MfaLogin:
+    """An MFA login waiting in the daemon for the application's signatures."""
+
+    task: asyncio.Task[dict[str, Any]]
+    challenged: asyncio.Future[list[bytes]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    signed: asyncio.Future[list[bytes]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    tokens: list[bytes] = field(default_factory=list)
+
+    async def sign(self, unsigned_tokens: Sequence[bytes]) -> list[bytes]:
+        """The view's signer: hand the tokens to the application, wait for its answer."""
+        self.tokens = list(unsigned_tokens)
+        self.challenged.set_result(self.tokens)
+        return await self.signed
+
+
 class _Application:
     """One connected local process: its view (taken on first use) and requests in flight."""
 
@@ -206,6 +253,7 @@ class _Application:
         self.view: ClusterView | None = None
         self._opening: asyncio.Lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._mfa: _MfaLogin | None = None
 
     def start(self, request: Request) -> None:
         task = asyncio.ensure_future(self._answer(request))
@@ -240,9 +288,18 @@ class _Application:
     async def _dispatch(self, op: str, args: dict[str, Any]) -> Any:
         if op not in _VIEW_OPS:
             raise status_error(Status.UNKNOWN_OP, f"unknown daemon operation {op!r}")
+        if op == "view.login_mfa":
+            return await self._complete_mfa(args)
         view = await self._view()
         if op == "view.login":
-            return await view.login(str(args["username"]), str(args["role"]), str(args["password"]))
+            username, role, password = (
+                str(args["username"]),
+                str(args["role"]),
+                str(args["password"]),
+            )
+            if args.get("mfa") is True:
+                return await self._start_mfa(view, username, role, password)
+            return await view.login(username, role, password)
         if op == "view.logout":
             await view.logout()
             return {}
@@ -257,7 +314,64 @@ class _Application:
         outcomes = await view.fan_out(inner_op, inner_args)
         return {"outcomes": [_outcome_wire(o) for o in outcomes]}
 
+    async def _start_mfa(
+        self, view: ClusterView, username: str, role: str, password: str
+    ) -> dict[str, Any]:
+        """Start a login that may be challenged: its outcome if it ends without a challenge,
+        else the challenges (the login waits for ``view.login_mfa``)."""
+        if self._mfa is not None:
+            raise status_error(Status.ALREADY_LOGGED_IN, "An MFA login is already in progress")
+        pending: _MfaLogin
+
+        async def log_in() -> dict[str, Any]:
+            return await view.login(username, role, password, mfa_signer=pending.sign)
+
+        pending = _MfaLogin(asyncio.ensure_future(log_in()))
+        waiting: set[asyncio.Future[Any]] = {pending.task, pending.challenged}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The application went away: its login must not complete behind it.
+            pending.task.cancel()
+            raise
+        if not pending.challenged.done():
+            pending.challenged.cancel()
+            return pending.task.result()
+        self._mfa = pending
+        return {"mfa_challenges": list(pending.tokens)}
+
+    async def _complete_mfa(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The application's signatures for the waiting login; the login's outcome."""
+        pending = self._mfa
+        if pending is None:
+            raise status_error(Status.INVALID_ARGUMENT, "No MFA login is waiting for signed tokens")
+        if args.get("abandon") is True:
+            self._mfa = None
+            pending.signed.set_exception(ClientError("the application abandoned the MFA login"))
+            with contextlib.suppress(ClientError):
+                await pending.task
+            return {}
+        signed = args.get("signed")
+        if (
+            not isinstance(signed, list)
+            or len(signed) != len(pending.tokens)
+            or not all(isinstance(s, bytes) and s for s in signed)
+        ):
+            # Refused before anything is sent: the login keeps waiting for a proper answer.
+            raise status_error(
+                Status.INVALID_ARGUMENT,
+                f"signed must list {len(pending.tokens)} non-empty signatures, one per token",
+            )
+        self._mfa = None
+        pending.signed.set_result(list(signed))
+        return await pending.task
+
     async def finish(self) -> None:
+        if self._mfa is not None:
+            self._mfa.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._mfa.task
+            self._mfa = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -273,7 +387,7 @@ def _outcome_wire(outcome: MemberOutcome) -> dict[str, Any]:
     if outcome.error is None:
         entry.update(status=0, result=outcome.result)
     elif isinstance(outcome.error, HsmStatusError):
-        entry.update(status=int(outcome.error.status), message=outcome.error.message)
+        entry.update(status=int(outcome.error.status), **_refusal_wire(outcome.error))
     else:
         entry.update(status=int(Status.HSM_UNAVAILABLE), message=str(outcome.error))
     return entry
@@ -338,22 +452,31 @@ class DaemonView:
             raise ClientError(f"request {op!r} cannot be encoded: {exc}") from None
         response = await future
         if response.status != 0:
-            message = None
-            if isinstance(response.result, dict) and isinstance(
-                response.result.get("message"), str
-            ):
-                message = response.result["message"]
-            raise status_error(response.status, message)
+            raise _refusal(response.status, response.result)
         return response.result
 
     @property
     def credentials(self) -> tuple[str, str] | None:
         return self._credentials
 
-    async def login(self, username: str, role: str, password: str) -> dict[str, Any]:
-        result = await self._request(
-            "view.login", {"username": username, "role": role, "password": password}
-        )
+    async def login(
+        self, username: str, role: str, password: str, *, mfa_signer: MfaSigner | None = None
+    ) -> dict[str, Any]:
+        """Log in through the daemon; ``mfa_signer`` runs here, in the application."""
+        args: dict[str, Any] = {"username": username, "role": role, "password": password}
+        if mfa_signer is not None:
+            args["mfa"] = True
+        result = await self._request("view.login", args)
+        if mfa_signer is not None and isinstance(result, dict) and "mfa_challenges" in result:
+            challenges = [bytes(token) for token in result["mfa_challenges"]]
+            try:
+                signed = [bytes(s) for s in await mfa_signer(challenges)]
+            except BaseException:
+                # Release the daemon's waiting login before the signer's error goes on.
+                with contextlib.suppress(ClientError):
+                    await self._request("view.login_mfa", {"abandon": True})
+                raise
+            result = await self._request("view.login_mfa", {"signed": signed})
         self._credentials = (username, role)
         return dict(result) if isinstance(result, dict) else {"username": username, "role": role}
 
@@ -380,9 +503,7 @@ class DaemonView:
             if status == 0:
                 outcomes.append(MemberOutcome(member, result=entry.get("result")))
             else:
-                outcomes.append(
-                    MemberOutcome(member, error=status_error(status, entry.get("message")))
-                )
+                outcomes.append(MemberOutcome(member, error=_refusal(status, entry)))
         return outcomes
 
     async def close(self) -> None:

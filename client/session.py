@@ -25,16 +25,17 @@ already runs an event loop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from client.cluster import ClusterView, MemberOutcome
+from client.cluster import ClusterView, MemberOutcome, MfaSigner, mfa_challenge
 from client.config import ClientConfig, load_config
-from client.errors import ClientError, HsmStatusError
+from client.errors import ClientError, HsmStatusError, LoginFailure, status_error
 from protocol.ops import Op
 from protocol.status import Status
 
@@ -44,11 +45,24 @@ __all__ = [
     "Key",
     "KeyNotFound",
     "KeyPair",
+    "MfaRequired",
     "Session",
     "WrappedKey",
 ]
 
 _T = TypeVar("_T")
+
+#: What ``login(..., mfa_signer=...)`` accepts: given the unsigned 32-byte tokens (one per
+#: HSM that challenged the login), the signature of each, in the same order. An
+#: :class:`AsyncSession` also accepts a coroutine function.
+SyncMfaSigner = Callable[[Sequence[bytes]], Sequence[bytes]]
+AnyMfaSigner = Callable[[Sequence[bytes]], Sequence[bytes] | Awaitable[Sequence[bytes]]]
+
+#: Why a signed login was refused: the same words as ``cloudhsm-cli login mfa-token-sign``.
+MFA_SIGNATURE_REFUSED = (
+    "Incorrect authentication credentials: the HSM refused the signed token "
+    "(its signature does not verify with the user's MFA public key)"
+)
 
 
 class KeyNotFound(ClientError):
@@ -57,6 +71,39 @@ class KeyNotFound(ClientError):
 
 class AmbiguousKey(ClientError):
     """Several keys match a search that must select exactly one."""
+
+
+class MfaRequired(LoginFailure):
+    """The password was right but the user has token-sign MFA: log in with ``mfa_signer``.
+    ``result`` is the HSM's challenge, as on any :class:`LoginFailure`."""
+
+
+class _MfaExchange:
+    """The application's signer as the cluster view calls it: checked answers, and whether
+    signed tokens went to the HSMs (so that a refusal is about them)."""
+
+    def __init__(self, signer: AnyMfaSigner) -> None:
+        self._signer = signer
+        self.sent = False
+
+    async def sign(self, unsigned_tokens: Sequence[bytes]) -> list[bytes]:
+        tokens = [bytes(token) for token in unsigned_tokens]
+        answer = self._signer(tokens)
+        # The signer is application code: check what it returns, whatever its annotations say.
+        signatures: object = await answer if inspect.isawaitable(answer) else answer
+        if isinstance(signatures, bytes | bytearray | str) or not isinstance(signatures, Sequence):
+            raise ClientError("mfa_signer must return a list of signatures, one per token")
+        if len(signatures) != len(tokens):
+            raise ClientError(
+                f"mfa_signer returned {len(signatures)} signatures for {len(tokens)} tokens"
+            )
+        checked = []
+        for number, signature in enumerate(signatures, start=1):
+            if not isinstance(signature, bytes | bytearray) or not signature:
+                raise ClientError(f"mfa_signer: signature {number} must be non-empty bytes")
+            checked.append(bytes(signature))
+        self.sent = True
+        return checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +187,9 @@ class SessionView(Protocol):
     @property
     def credentials(self) -> tuple[str, str] | None: ...
 
-    async def login(self, username: str, role: str, password: str) -> dict[str, Any]: ...
+    async def login(
+        self, username: str, role: str, password: str, *, mfa_signer: MfaSigner | None = None
+    ) -> dict[str, Any]: ...
 
     async def logout(self) -> None: ...
 
@@ -194,8 +243,58 @@ class AsyncSession:
 
     # -- login -------------------------------------------------------------------------
 
-    async def login(self, username: str, password: str, role: str = "crypto-user") -> None:
-        await self.view.login(username.lower(), role, password)
+    async def login(
+        self,
+        username: str,
+        password: str,
+        role: str = "crypto-user",
+        *,
+        mfa_signer: AnyMfaSigner | None = None,
+    ) -> None:
+        """Log in on every HSM. A user with token-sign MFA needs ``mfa_signer``: it gets one
+        unsigned 32-byte token per HSM and returns their signatures (PKCS#1 v1.5 over each
+        token as a SHA-256 digest, with the key registered by :meth:`register_mfa_key`).
+        Without it such a login raises :class:`MfaRequired`; a signature the HSMs refuse
+        raises :class:`LoginFailure`."""
+        username = username.lower()
+        exchange = _MfaExchange(mfa_signer) if mfa_signer is not None else None
+        try:
+            await self.view.login(
+                username, role, password, mfa_signer=exchange.sign if exchange else None
+            )
+        except LoginFailure as exc:
+            if exchange is None and mfa_challenge(exc) is not None:
+                raise MfaRequired(
+                    exc.status,
+                    f"User {username} has MFA enabled: log in with "
+                    f"`login({username!r}, password, role={role!r}, mfa_signer=...)`",
+                    exc.result,
+                ) from None
+            if exchange is not None and exchange.sent:
+                raise LoginFailure(exc.status, MFA_SIGNATURE_REFUSED, exc.result) from None
+            raise
+
+    async def register_mfa_key(self, public_key: bytes, mfa_signer: AnyMfaSigner) -> None:
+        """Register token-sign MFA for the logged-in user on every HSM (what ``user
+        change-mfa token-sign`` does): ``public_key`` is the PEM of an RSA-2048 key, and
+        ``mfa_signer`` proves possession of its private key by signing a fresh token, which
+        every HSM checks against ``public_key``. Later logins need ``mfa_signer``."""
+        if self.view.credentials is None:
+            raise status_error(Status.NOT_LOGGED_IN)
+        username, role = self.view.credentials
+        unsigned = os.urandom(32)
+        [signed] = await _MfaExchange(mfa_signer).sign([unsigned])
+        call = {
+            "username": username,
+            "role": role,
+            "public_key": bytes(public_key),
+            "signed_token": {"unsigned": unsigned, "signed": signed},
+        }
+        outcomes = await self.view.fan_out(Op.USER_CHANGE_MFA, call)
+        failures = [o.error for o in outcomes if o.error is not None]
+        if failures:
+            # An HSM that refused keeps its old setting: name the first refusal.
+            raise failures[0]
 
     async def logout(self) -> None:
         await self.view.logout()
@@ -560,6 +659,15 @@ class AsyncSession:
         return bytes(result["data"])
 
 
+def _threaded(signer: SyncMfaSigner) -> AnyMfaSigner:
+    """A blocking signer run off the session's event loop."""
+
+    async def sign(unsigned_tokens: Sequence[bytes]) -> Sequence[bytes]:
+        return await asyncio.to_thread(signer, unsigned_tokens)
+
+    return sign
+
+
 class _LoopThread:
     """An event loop on a daemon thread, for the blocking facade."""
 
@@ -637,8 +745,22 @@ class Session:
     def logged_in_as(self) -> tuple[str, str] | None:
         return self._inner.logged_in_as
 
-    def login(self, username: str, password: str, role: str = "crypto-user") -> None:
-        self._runner.run(self._inner.login(username, password, role))
+    def login(
+        self,
+        username: str,
+        password: str,
+        role: str = "crypto-user",
+        *,
+        mfa_signer: SyncMfaSigner | None = None,
+    ) -> None:
+        """See :meth:`AsyncSession.login`; ``mfa_signer`` is a plain function, run on a
+        worker thread (so it may block, or use another session)."""
+        signer = _threaded(mfa_signer) if mfa_signer is not None else None
+        self._runner.run(self._inner.login(username, password, role, mfa_signer=signer))
+
+    def register_mfa_key(self, public_key: bytes, mfa_signer: SyncMfaSigner) -> None:
+        """See :meth:`AsyncSession.register_mfa_key`."""
+        self._runner.run(self._inner.register_mfa_key(public_key, _threaded(mfa_signer)))
 
     def logout(self) -> None:
         self._runner.run(self._inner.logout())
