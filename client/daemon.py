@@ -345,24 +345,24 @@ class _Application:
         pending = self._mfa
         if pending is None:
             raise status_error(Status.INVALID_ARGUMENT, "No MFA login is waiting for signed tokens")
-        if args.get("abandon") is True:
-            self._mfa = None
-            pending.signed.set_exception(ClientError("the application abandoned the MFA login"))
-            with contextlib.suppress(ClientError):
-                await pending.task
-            return {}
+        self._mfa = None
         signed = args.get("signed")
-        if (
+        if args.get("abandon") is True or (
             not isinstance(signed, list)
             or len(signed) != len(pending.tokens)
             or not all(isinstance(s, bytes) and s for s in signed)
         ):
-            # Refused before anything is sent: the login keeps waiting for a proper answer.
+            # Nothing goes to the HSMs: the login ends unfinished, the view stays logged out.
+            pending.signed.set_exception(ClientError("the application abandoned the MFA login"))
+            with contextlib.suppress(ClientError):
+                await pending.task
+            if args.get("abandon") is True:
+                return {}
             raise status_error(
                 Status.INVALID_ARGUMENT,
-                f"signed must list {len(pending.tokens)} non-empty signatures, one per token",
+                f"signed must list {len(pending.tokens)} non-empty signatures, one per token "
+                "(the MFA login is abandoned)",
             )
-        self._mfa = None
         pending.signed.set_result(list(signed))
         return await pending.task
 

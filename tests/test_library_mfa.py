@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from client import AsyncSession, Session
-from client.errors import ClientError, LoginFailure
+from client.daemon import DaemonView
+from client.errors import ClientError, InvalidArgument, LoginFailure, NotLoggedIn
 from client.session import MFA_SIGNATURE_REFUSED, MfaRequired
 from fixtures.clients import Credentials
 from fixtures.cluster import ClusterUnderTest
@@ -218,6 +219,62 @@ def test_a_bad_signer_answer_is_refused_before_anything_is_sent(
         # Nothing was left half done: the next login (through the same daemon view) holds.
         hsm.login(user.username, user.password, mfa_signer=mfa_user.signer)
         assert hsm.logged_in_as == (user.username, "crypto-user")
+
+
+class SignerDown(Exception):
+    """The application's signer failed (a smart card removed, a service down)."""
+
+
+def test_a_failing_signer_ends_the_login_cleanly(
+    cloudhsm_cluster: ClusterUnderTest,
+    mfa_user: MfaUser,
+    route: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    user = mfa_user.credentials
+
+    def broken(tokens: Sequence[bytes]) -> list[bytes]:
+        raise SignerDown("no card in the reader")
+
+    with _connect(cloudhsm_cluster, _socket(route, request)) as hsm:
+        with pytest.raises(SignerDown, match="no card in the reader"):
+            hsm.login(user.username, user.password, mfa_signer=broken)
+        assert hsm.logged_in_as is None
+        hsm.login(user.username, user.password, mfa_signer=mfa_user.signer)
+        assert hsm.logged_in_as == (user.username, "crypto-user")
+
+
+def test_the_daemon_refuses_a_bad_mfa_exchange(
+    cloudhsm_cluster: ClusterUnderTest, mfa_user: MfaUser, daemon_socket: Path
+) -> None:
+    """The daemon's side of the relay, spoken directly: precise refusals, nothing left
+    waiting and no login made."""
+    user = mfa_user.credentials
+
+    async def scenario() -> None:
+        view = await DaemonView.connect(daemon_socket)
+        try:
+            with pytest.raises(InvalidArgument, match="No MFA login is waiting"):
+                await view._request("view.login_mfa", {"signed": [b"x"]})
+            login = {"username": user.username, "role": "crypto-user", "password": user.password}
+            started = await view._request("view.login", {**login, "mfa": True})
+            tokens = started["mfa_challenges"]
+            assert len(tokens) == cloudhsm_cluster.hsm_count
+            with pytest.raises(InvalidArgument, match=f"signed must list {len(tokens)}"):
+                await view._request("view.login_mfa", {"signed": [b"x"] * (len(tokens) + 1)})
+            # The bad answer ended that login: nothing is waiting and nobody is logged in.
+            with pytest.raises(InvalidArgument, match="No MFA login is waiting"):
+                await view._request("view.login_mfa", {"signed": []})
+            with pytest.raises(NotLoggedIn):
+                await view.call("key.find", {})
+            again = await view._request("view.login", {**login, "mfa": True})
+            signed = mfa_user.signer(again["mfa_challenges"])
+            done = await view._request("view.login_mfa", {"signed": signed})
+            assert done == {"username": user.username, "role": "crypto-user"}
+        finally:
+            await view.close()
+
+    asyncio.run(scenario())
 
 
 def test_async_session_takes_an_async_signer(
