@@ -341,3 +341,29 @@ def test_the_daemon_carries_a_refusal_result(
             )
         )
     assert seen[0] == seen[1]
+
+
+def test_the_daemon_carries_each_hsm_refusal_result(
+    cloudhsm_cluster: ClusterUnderTest, mfa_user: MfaUser, daemon_socket: Path
+) -> None:
+    """A fan-out through the daemon keeps every HSM's refusal whole (here each HSM's own
+    MFA challenge), as a direct fan-out does."""
+    user = mfa_user.credentials
+    login = {"username": user.username, "role": "crypto-user", "password": user.password}
+
+    async def scenario() -> None:
+        view = await DaemonView.connect(daemon_socket)
+        try:
+            outcomes = await view.fan_out("login", login)
+        finally:
+            await view.close()
+        assert len(outcomes) == cloudhsm_cluster.hsm_count
+        challenges = []
+        for outcome in outcomes:
+            assert isinstance(outcome.error, LoginFailure)
+            assert isinstance(outcome.error.result, dict)
+            challenges.append(outcome.error.result["mfa_token"]["unsigned"])
+        assert all(len(token) == 32 for token in challenges)
+        assert len(set(challenges)) == len(challenges)
+
+    asyncio.run(scenario())
