@@ -13,6 +13,7 @@ from client.session import (
     Key,
     KeyNotFound,
     KeyPair,
+    MfaRequired,
     Session,
     WrappedKey,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Key",
     "KeyNotFound",
     "KeyPair",
+    "MfaRequired",
     "Session",
     "TrustError",
     "WrappedKey",
