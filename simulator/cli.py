@@ -10,6 +10,8 @@ Commands::
     cloudhsm-local cluster initialize --signed-cert F --trust-anchor F [--data-dir DIR | --endpoint URL]
     cloudhsm-local hsm add [--availability-zone AZ] | hsm remove HSM_ID
     cloudhsm-local fault show|stop|start|sever|busy|latency|pause-sync|resume-sync|clear ...
+    cloudhsm-local audit HSM_ID [--data-dir DIR | --endpoint URL] [--format text|json]
+                        [--after N] [--follow]
 
 ``up`` creates (or reopens) the cluster in the data directory, runs the
 initialization ceremony unless told not to, writes the files a client needs and
@@ -28,6 +30,7 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -49,6 +52,7 @@ from simulator.cluster import (
     LocalCluster,
 )
 from simulator.errors import SimulatorError
+from simulator.hsm.audit import render_json_lines, render_text
 from simulator.sync import DEFAULT_LAG
 
 DEFAULT_DATA_DIR = Path("cloudhsm-local-data")
@@ -61,6 +65,12 @@ READY_TIMEOUT = 30.0
 
 #: Seconds a control-plane request may take.
 API_TIMEOUT = 30.0
+
+#: Audit records asked for per GetAuditLog request.
+AUDIT_PAGE = 1000
+
+#: Seconds between polls of ``audit --follow``.
+FOLLOW_INTERVAL = 0.5
 
 
 class CommandError(Exception):
@@ -433,6 +443,46 @@ def _fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """Print an HSM's audit stream, page by page; with ``--follow``, poll until Ctrl-C."""
+    endpoint = _endpoint(args)
+    cluster_id = _resolve_cluster_id(args, endpoint)
+    render = render_text if args.format == "text" else render_json_lines
+    after: int | None = args.after
+    printed = False
+    try:
+        while True:
+            body: dict[str, Any] = {
+                "ClusterId": cluster_id,
+                "HsmId": args.hsm_id,
+                "MaxResults": AUDIT_PAGE,
+            }
+            if after is not None:
+                body["AfterSequence"] = after
+            page = call_api(endpoint, "CloudHsmLocal.GetAuditLog", body, target_prefix="")
+            records: list[dict[str, Any]] = page.get("Records", [])
+            if records:
+                # The text layout separates events by a blank line, across pages too.
+                if printed and args.format == "text":
+                    sys.stdout.write("\n")
+                sys.stdout.write(render(records))
+                sys.stdout.flush()
+                printed = True
+                after = int(page["NextSequence"]) - 1
+            if len(records) < AUDIT_PAGE:
+                if not args.follow:
+                    return 0
+                time.sleep(FOLLOW_INTERVAL)
+    except KeyboardInterrupt:
+        # Ctrl-C is how --follow ends: not a failure.
+        return 0
+    except BrokenPipeError:
+        # `cloudhsm-local audit ... | head`: the reader left; stop without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
 def _read_pem(path: str, what: str) -> str:
     try:
         return Path(path).read_text()
@@ -466,6 +516,19 @@ def _positive_hsms(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 1 <= value <= MAX_HSMS:
         raise argparse.ArgumentTypeError(f"a cluster holds 1 to {MAX_HSMS} HSMs")
+    return value
+
+
+def _sequence(text: str) -> int:
+    """An audit sequence number, decimal or ``0x`` hex as the text layout prints it."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a sequence number: {text!r} (decimal, or hex like 0x1f)"
+        ) from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"a sequence number is 0 to 2**63-1, not {text}")
     return value
 
 
@@ -585,6 +648,29 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--jitter-ms", type=float, default=0.0)
     latency.add_argument("--hsm-id", help="one HSM (default: all)")
     _add_target(latency)
+
+    audit = commands.add_parser(
+        "audit",
+        help="print an HSM's audit log (CloudWatch Logs group /aws/cloudhsm/<cluster id>, "
+        "stream <hsm id>)",
+    )
+    audit.add_argument("hsm_id", help="the HSM whose stream to print")
+    _add_target(audit)
+    audit.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: the CloudHSM event layout (default); json: one JSON object per line",
+    )
+    audit.add_argument(
+        "--after",
+        type=_sequence,
+        metavar="N",
+        help="only the records after sequence number N (decimal or 0x hex)",
+    )
+    audit.add_argument(
+        "--follow", action="store_true", help="keep printing new records until Ctrl-C"
+    )
     return parser
 
 
@@ -601,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_up(args))
         if args.command == "fault":
             return _fault(args)
+        if args.command == "audit":
+            return _audit(args)
         handlers = {
             ("cluster", "describe"): _describe,
             ("cluster", "csr"): _certificate,

@@ -826,6 +826,25 @@ class LocalCluster:
             )
         return matches[0]
 
+    async def audit_log(self, hsm_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+        """The HSM's audit records with a sequence above ``after``, oldest first, at most
+        ``limit`` (``cloudhsm-local audit``, ``CloudHsmLocal.GetAuditLog``).
+
+        Read on the HSM's worker thread: its SQLite connection lives there, and the
+        event loop serving the control plane must never wait on the store.
+        """
+        running = self.hsms.get(hsm_id)
+        if running is None:
+            known = ", ".join(sorted(self.hsms)) or "none"
+            raise ClusterNotFoundError(
+                f"HSM {hsm_id} is not in cluster {self.cluster_id} (HSMs: {known})."
+            )
+
+        def read(hsm: Hsm) -> list[dict[str, Any]]:
+            return [r for r in hsm.audit_records() if r["sequence"] > after][:limit]
+
+        return await running.call(read)
+
     async def remove_hsm(self, hsm_id: str) -> None:
         """DeleteHsm. An ACTIVE cluster is backed up first, from the HSM being removed."""
         record = self.find_hsm(hsm_id=hsm_id)

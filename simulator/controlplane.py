@@ -49,6 +49,13 @@ IDLE_TIMEOUT = 60.0
 MAX_CLUSTERS_PAGE = 25
 MAX_BACKUPS_PAGE = 50
 
+#: Most audit records one ``CloudHsmLocal.GetAuditLog`` answer carries (and the default),
+#: as CloudWatch Logs' GetLogEvents returns at most 10,000 events.
+MAX_AUDIT_PAGE = 10_000
+
+#: Audit sequence numbers are 64-bit (spec §10.4); SQLite stores them signed.
+MAX_AUDIT_SEQUENCE = 2**63 - 1
+
 logger = logging.getLogger(__name__)
 
 TARGET_PREFIX = "BaldrApiService."
@@ -199,7 +206,9 @@ class ControlPlane:
     ``root`` is the cluster the process was started with: CreateCluster makes new
     clusters beside it (sharing its backup vault), and it is never deleted.
     Besides ``BaldrApiService.*`` the plane answers ``CloudHsmLocal.*``: the fault
-    controls of :mod:`simulator.faults`, for ``cloudhsm-local fault``.
+    controls of :mod:`simulator.faults`, for ``cloudhsm-local fault``, and
+    ``GetAuditLog``, the HSM audit streams CloudHSM ships to CloudWatch Logs, for
+    ``cloudhsm-local audit``.
     """
 
     def __init__(
@@ -236,6 +245,7 @@ class ControlPlane:
             "PauseSync": self.fault_pause_sync,
             "ResumeSync": self.fault_resume_sync,
             "ClearFaults": self.fault_clear,
+            "GetAuditLog": self.get_audit_log,
         }
 
     # -- operations -------------------------------------------------------------
@@ -492,6 +502,49 @@ class ControlPlane:
         cluster = self._fault_cluster(body)
         await self._guard(cluster.faults.clear())
         return cluster.faults.describe()
+
+    # -- cloudhsm-local's own: audit logs -------------------------------------------
+
+    async def get_audit_log(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One page of an HSM's audit stream (spec §10.4): the records after
+        ``AfterSequence`` (all of them without it), oldest first.
+
+        ``NextSequence`` is where the next page starts (one past the last record
+        returned, or past ``AfterSequence`` when nothing was): pass ``NextSequence - 1``
+        as ``AfterSequence`` to read on, or to follow the stream as it grows.
+        """
+        cluster = self.cluster(_cluster_id(body))
+        hsm_id = _require_string(body, "HsmId")
+        assert hsm_id is not None
+        if not ids.is_hsm_id(hsm_id):
+            raise invalid_request(
+                f"1 validation error detected: Value '{hsm_id}' at 'hsmId' failed to satisfy "
+                "constraint: Member must satisfy regular expression pattern: hsm-[2-7a-zA-Z]{11,16}"
+            )
+        after = body.get("AfterSequence")
+        if after is not None and (
+            not isinstance(after, int)
+            or isinstance(after, bool)
+            or not 0 <= after <= MAX_AUDIT_SEQUENCE
+        ):
+            raise invalid_request(
+                f"1 validation error detected: Value '{after}' at 'afterSequence' failed to "
+                f"satisfy constraint: Member must have value between 0 and {MAX_AUDIT_SEQUENCE}"
+            )
+        limit = _max_results(body, MAX_AUDIT_PAGE)
+        records = await self._guard(
+            cluster.audit_log(hsm_id, -1 if after is None else after, limit)
+        )
+        if records:
+            next_sequence = int(records[-1]["sequence"]) + 1
+        else:
+            next_sequence = 0 if after is None else after + 1
+        return {
+            "LogGroup": f"/aws/cloudhsm/{cluster.cluster_id}",
+            "LogStream": hsm_id,
+            "Records": records,
+            "NextSequence": next_sequence,
+        }
 
     async def dispatch(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
         if target.startswith(LOCAL_TARGET_PREFIX):
