@@ -392,8 +392,9 @@ class HsmConnection:
         self._flush_scheduled = False
         if not self._outbox or self._pump is None or self._failure is not None:
             return
-        self._pump.write(bytes(self._outbox))
-        self._outbox.clear()
+        # Hand the buffer itself to the pump (no copy) and start a fresh one.
+        plaintext, self._outbox = self._outbox, bytearray()
+        self._pump.write(plaintext)
         self._send_tls(self._pump.take_outgoing())
 
     # -- inbound ---------------------------------------------------------------

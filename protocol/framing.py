@@ -68,8 +68,17 @@ def encode_frame(frame_type: FrameType, payload: bytes = b"") -> bytes:
     return _HEADER.pack(len(payload) + 1, int(frame_type)) + payload
 
 
+_TLS_TYPE = int(FrameType.TLS)
+
+#: Frame types by wire value: a dict lookup, not an enum call, per frame.
+_FRAME_TYPES: dict[int, FrameType] = {int(t): t for t in FrameType}
+
+
 def encode_tls(data: bytes) -> bytes:
     """Encode TLS bytes as as many TLS frames as the payload cap needs."""
+    if len(data) <= MAX_FRAME_PAYLOAD:
+        # The common case (one flush of records): one header, one concatenation.
+        return _HEADER.pack(len(data) + 1, _TLS_TYPE) + data
     out = bytearray()
     for start in range(0, len(data), MAX_FRAME_PAYLOAD):
         out += encode_frame(FrameType.TLS, data[start : start + MAX_FRAME_PAYLOAD])
@@ -90,30 +99,40 @@ class FrameDecoder:
 
     def next_frame(self) -> Frame | None:
         """Return the next whole frame, or None if more bytes are needed."""
-        if len(self._buffer) < HEADER_SIZE:
-            return None
-        length, raw_type = _HEADER.unpack_from(self._buffer)
-        try:
-            frame_type = FrameType(raw_type)
-        except ValueError:
-            self._broken = True
-            raise FrameError(f"unknown frame type 0x{raw_type:02x}") from None
-        cap = MAX_FRAME_PAYLOAD if frame_type is FrameType.TLS else MAX_CONTROL_PAYLOAD
-        if length < 1 or length - 1 > cap:
-            self._broken = True
-            raise FrameError(f"{frame_type.name} frame length {length} outside 1..{cap + 1}")
-        end = 4 + length
-        if len(self._buffer) < end:
-            return None
-        payload = bytes(self._buffer[HEADER_SIZE:end])
-        del self._buffer[:end]
-        return Frame(frame_type, payload)
+        frames = self._take(1)
+        return frames[0] if frames else None
 
     def frames(self) -> list[Frame]:
         """Drain every whole frame currently buffered."""
+        return self._take(None)
+
+    def _take(self, limit: int | None) -> list[Frame]:
+        """Parse up to ``limit`` whole frames; the buffer is trimmed once, not per frame."""
         out: list[Frame] = []
-        while (frame := self.next_frame()) is not None:
-            out.append(frame)
+        buffer = self._buffer
+        size = len(buffer)
+        offset = 0
+        try:
+            while size - offset >= HEADER_SIZE and (limit is None or len(out) < limit):
+                length, raw_type = _HEADER.unpack_from(buffer, offset)
+                frame_type = _FRAME_TYPES.get(raw_type)
+                if frame_type is None:
+                    self._broken = True
+                    raise FrameError(f"unknown frame type 0x{raw_type:02x}")
+                cap = MAX_FRAME_PAYLOAD if frame_type is FrameType.TLS else MAX_CONTROL_PAYLOAD
+                if length < 1 or length - 1 > cap:
+                    self._broken = True
+                    raise FrameError(
+                        f"{frame_type.name} frame length {length} outside 1..{cap + 1}"
+                    )
+                end = offset + 4 + length
+                if size < end:
+                    break
+                out.append(Frame(frame_type, bytes(buffer[offset + HEADER_SIZE : end])))
+                offset = end
+        finally:
+            if offset:
+                del buffer[:offset]
         return out
 
     @property

@@ -47,6 +47,40 @@ _SCALARS = (str, bytes, bool, int, type(None))
 def _check_value(value: Any, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise MessageError(f"message nested deeper than {MAX_DEPTH}")
+    # Exact-type tests first: the decoder yields only builtin types, and this walk
+    # runs on every message of the hot path.
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or value is None:
+        return
+    if kind is int:
+        if not -(2**64) <= value < 2**64:
+            raise MessageError("integer outside the 64-bit range")
+        return
+    if kind is dict:
+        for key, item in value.items():
+            key_kind = type(key)
+            if (
+                key_kind is not str
+                and key_kind is not int
+                and (not isinstance(key, (str, int)) or isinstance(key, bool))
+            ):
+                raise MessageError("map keys must be text or integers")
+            item_kind = type(item)
+            if depth < MAX_DEPTH and (
+                item_kind is str or item_kind is bytes or item_kind is bool or item is None
+            ):
+                continue
+            _check_value(item, depth + 1)
+        return
+    if kind is list:
+        for item in value:
+            _check_value(item, depth + 1)
+        return
+    _check_subclass(value, depth)
+
+
+def _check_subclass(value: Any, depth: int) -> None:
+    """The general check, for subclasses of the wire types (enums, str subclasses)."""
     if isinstance(value, _SCALARS):
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**64) <= value < 2**64:
             raise MessageError("integer outside the 64-bit range")
@@ -86,6 +120,13 @@ def _canonical(value: Any, depth: int) -> Any:
     """
     if depth > MAX_DEPTH:
         raise MessageError(f"message nested deeper than {MAX_DEPTH}")
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or value is None:
+        return value
+    if kind is int:
+        if not -(2**64) <= value < 2**64:
+            raise MessageError("integer outside the 64-bit range")
+        return value
     if isinstance(value, _SCALARS):
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**64) <= value < 2**64:
             raise MessageError("integer outside the 64-bit range")
@@ -179,7 +220,24 @@ def parse_response(body: Any) -> Response:
 
 def encode_message(message: Request | Response) -> bytes:
     """Length-prefixed canonical CBOR of one message."""
-    body = encode_cbor(message.to_wire())
+    # The top-level map is built directly in canonical key order (RFC 8949 §4.2.1:
+    # "id" < "op" < "args"; "id" < "result" < "status"), so only the payload needs
+    # the canonicalising walk. Equal to ``encode_cbor(message.to_wire())``.
+    if type(message) is Request:
+        wire: dict[str, Any] = {
+            "id": _canonical(message.id, 1),
+            "op": _canonical(message.op, 1),
+            "args": _canonical(message.args, 1),
+        }
+    elif type(message) is Response:
+        wire = {
+            "id": _canonical(message.id, 1),
+            "result": _canonical(message.result, 1),
+            "status": _canonical(message.status, 1),
+        }
+    else:
+        wire = _canonical(message.to_wire(), 0)
+    body: bytes = cbor2.dumps(wire)
     if len(body) > MAX_MESSAGE_SIZE:
         raise MessageError(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_SIZE}")
     return _LENGTH.pack(len(body)) + body
@@ -196,26 +254,37 @@ class MessageDecoder:
         self._buffer += data
 
     def next_body(self) -> Any | None:
-        if len(self._buffer) < 4:
-            return None
-        (length,) = _LENGTH.unpack_from(self._buffer)
-        if length == 0 or length > self._max:
-            raise MessageError(f"message length {length} outside 1..{self._max}")
-        if len(self._buffer) < 4 + length:
-            return None
-        raw = bytes(self._buffer[4 : 4 + length])
-        del self._buffer[: 4 + length]
-        body = decode_cbor(raw)
-        if body is None:
-            # None means "need more bytes" to callers; a null body would vanish
-            # silently. No message is null (requests and responses are maps).
-            raise MessageError("a message must be a CBOR map, not null")
-        return body
+        bodies = self._take(1)
+        return bodies[0] if bodies else None
 
     def bodies(self) -> list[Any]:
+        return self._take(None)
+
+    def _take(self, limit: int | None) -> list[Any]:
+        """Decode up to ``limit`` whole messages; the buffer is trimmed once, not per message."""
         out: list[Any] = []
-        while (body := self.next_body()) is not None:
-            out.append(body)
+        buffer = self._buffer
+        size = len(buffer)
+        offset = 0
+        try:
+            while size - offset >= 4 and (limit is None or len(out) < limit):
+                (length,) = _LENGTH.unpack_from(buffer, offset)
+                if length == 0 or length > self._max:
+                    raise MessageError(f"message length {length} outside 1..{self._max}")
+                end = offset + 4 + length
+                if size < end:
+                    break
+                raw = bytes(buffer[offset + 4 : end])
+                offset = end
+                body = decode_cbor(raw)
+                if body is None:
+                    # None means "need more bytes" to callers; a null body would vanish
+                    # silently. No message is null (requests and responses are maps).
+                    raise MessageError("a message must be a CBOR map, not null")
+                out.append(body)
+        finally:
+            if offset:
+                del buffer[:offset]
         return out
 
     @property

@@ -95,7 +95,7 @@ class TlsPump:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def write(self, plaintext: bytes) -> None:
+    def write(self, plaintext: bytes | bytearray) -> None:
         """Encrypt plaintext; the records wait in :meth:`take_outgoing`."""
         view = memoryview(plaintext)
         while view:

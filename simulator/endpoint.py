@@ -425,8 +425,9 @@ class EndpointChannel:
     def _flush(self) -> None:
         if self._closed or not self._outbox:
             return
-        self._pump.write(bytes(self._outbox))
-        self._outbox.clear()
+        # Hand the buffer itself to the pump (no copy) and start a fresh one.
+        plaintext, self._outbox = self._outbox, bytearray()
+        self._pump.write(plaintext)
         self._send(self._pump.take_outgoing())
 
     def _send(self, data: bytes) -> None:

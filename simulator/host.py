@@ -294,8 +294,9 @@ class _Connection(asyncio.Protocol):
         self._out_scheduled = False
         if self.closed or not self._plain_out:
             return
-        self._tls.write(bytes(self._plain_out))
-        self._plain_out.clear()
+        # Hand the buffer itself to the pump (no copy) and start a fresh one.
+        plaintext, self._plain_out = self._plain_out, bytearray()
+        self._tls.write(plaintext)
         self._flush_tls()
 
     def _flush_tls(self) -> None:
