@@ -151,13 +151,19 @@ def encode_cbor(value: Any) -> bytes:
     return cbor2.dumps(_canonical(value, 0))
 
 
+_DECODE_ERRORS = (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError)
+
+
+def _decoder(stream: io.BytesIO) -> cbor2.CBORDecoder:
+    return cbor2.CBORDecoder(stream, allow_duplicate_keys=False, max_depth=MAX_DEPTH + 2)
+
+
 def decode_cbor(data: bytes) -> Any:
     """Decode wire CBOR strictly: no duplicate keys, tags, floats or trailing bytes."""
     stream = io.BytesIO(data)
     try:
-        decoder = cbor2.CBORDecoder(stream, allow_duplicate_keys=False, max_depth=MAX_DEPTH + 2)
-        value = decoder.decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        value = _decoder(stream).decode()
+    except _DECODE_ERRORS as exc:
         raise MessageError(f"invalid CBOR: {exc}") from None
     if stream.tell() != len(data):
         # cbor2.loads would ignore what follows the first item; a message is exactly one.
@@ -261,22 +267,51 @@ class MessageDecoder:
         return self._take(None)
 
     def _take(self, limit: int | None) -> list[Any]:
-        """Decode up to ``limit`` whole messages; the buffer is trimmed once, not per message."""
+        """Decode up to ``limit`` whole messages; the buffer is trimmed once, not per message.
+
+        One CBOR decoder reads every message of the batch from one stream (its state
+        is per item: shared references do not cross items), which costs far less than
+        a stream and a decoder per message; each item must end exactly where its
+        length prefix says, as :func:`decode_cbor` requires.
+        """
         out: list[Any] = []
         buffer = self._buffer
         size = len(buffer)
+        if size < 4:
+            return out
+        (first,) = _LENGTH.unpack_from(buffer)
+        if 0 < first <= self._max and size < 4 + first:
+            return out  # a message still arriving: no copy until it is whole
+        data = bytes(buffer)
+        stream: io.BytesIO | None = None
+        decoder: cbor2.CBORDecoder | None = None
         offset = 0
         try:
             while size - offset >= 4 and (limit is None or len(out) < limit):
-                (length,) = _LENGTH.unpack_from(buffer, offset)
+                (length,) = _LENGTH.unpack_from(data, offset)
                 if length == 0 or length > self._max:
                     raise MessageError(f"message length {length} outside 1..{self._max}")
-                end = offset + 4 + length
+                start = offset + 4
+                end = start + length
                 if size < end:
                     break
-                raw = bytes(buffer[offset + 4 : end])
                 offset = end
-                body = decode_cbor(raw)
+                if decoder is None or stream is None:
+                    stream = io.BytesIO(data)
+                    decoder = _decoder(stream)
+                stream.seek(start)
+                try:
+                    body = decoder.decode()
+                    consumed = stream.tell()
+                except _DECODE_ERRORS:
+                    consumed = -1
+                if consumed != end:
+                    # Malformed, or not exactly one item in its length: the exact
+                    # error comes from decoding the message on its own.
+                    body = decode_cbor(data[start:end])
+                    decoder = None
+                else:
+                    _check_value(body, 0)
                 if body is None:
                     # None means "need more bytes" to callers; a null body would vanish
                     # silently. No message is null (requests and responses are maps).
