@@ -124,6 +124,15 @@ def _contexts(settings: ChannelSettings) -> tuple[CustomerCa, ssl.SSLContext, ss
     return customer_ca, inner, outer
 
 
+#: Cluster certificates (DER) already found to name a cluster, with that cluster.
+#: Parsing the certificate costs as much as a tenth of a channel set-up; the answer
+#: depends on the bytes alone, so a certificate seen again need not be parsed again.
+#: This memo skips only the cluster-name check: every channel's handshake still
+#: verifies the certificate's chain against customerCA.crt.
+_ACCEPTED_CLUSTER_CERTIFICATES: set[tuple[bytes, str]] = set()
+_ACCEPTED_LIMIT = 256
+
+
 class _FrameProtocol(asyncio.Protocol):
     """Splits the outer TLS stream into frames for the connection."""
 
@@ -300,11 +309,12 @@ class HsmConnection:
         certificate = pump.peer_certificate_der()
         if certificate is None:
             raise errors.ClusterCertificateInvalid(f"the HSM at {peer} presented no certificate")
-        check_cluster_certificate(
-            certificate,
-            expected_cluster_id=self._settings.expected_cluster_id or self.hello.cluster_id,
-            peer=peer,
-        )
+        expected_cluster = self._settings.expected_cluster_id or self.hello.cluster_id
+        if (certificate, expected_cluster) not in _ACCEPTED_CLUSTER_CERTIFICATES:
+            check_cluster_certificate(certificate, expected_cluster_id=expected_cluster, peer=peer)
+            if len(_ACCEPTED_CLUSTER_CERTIFICATES) >= _ACCEPTED_LIMIT:
+                _ACCEPTED_CLUSTER_CERTIFICATES.clear()
+            _ACCEPTED_CLUSTER_CERTIFICATES.add((certificate, expected_cluster))
         # The HSM judges our Finished (and client certificate) only now: wait for
         # its session ticket or its alert before sending anything.
         frame = await self._next_setup_frame("before confirming the HSM channel")

@@ -134,16 +134,45 @@ def _canonical(value: Any, depth: int) -> Any:
     if isinstance(value, list):
         return [_canonical(item, depth + 1) for item in value]
     if isinstance(value, dict):
-        keys = list(value)
-        for key in keys:
-            if not isinstance(key, (str, int)) or isinstance(key, bool):
-                raise MessageError("map keys must be text or integers")
-        if all(type(key) is str for key in keys):
-            keys.sort(key=_text_key)
-        else:
-            keys.sort(key=_encoded_key)
-        return {key: _canonical(value[key], depth + 1) for key in keys}
+        shape = tuple(value)
+        order = _KEY_ORDERS.get(shape)
+        if order is None:
+            order = _key_order(shape)
+        out = {}
+        child = depth + 1
+        for key in order:
+            item = value[key]
+            item_kind = type(item)
+            if child <= MAX_DEPTH and (
+                item_kind is str or item_kind is bytes or item_kind is bool or item is None
+            ):
+                out[key] = item
+            else:
+                out[key] = _canonical(item, child)
+        return out
     raise MessageError(f"type {type(value).__name__} is not allowed on the wire")
+
+
+#: Canonical key order of the text-keyed map shapes seen so far. Messages of one op
+#: have the same shape, so sorting their keys once is enough. Only maps whose keys
+#: are all exactly ``str`` are remembered: ``(1,) == (True,)``, so a shape with
+#: integer keys could otherwise let a boolean key through.
+_KEY_ORDERS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_KEY_ORDERS_LIMIT = 4096
+
+
+def _key_order(shape: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Validate a map's keys and return them in canonical order (remembered if text)."""
+    for key in shape:
+        if not isinstance(key, (str, int)) or isinstance(key, bool):
+            raise MessageError("map keys must be text or integers")
+    if all(type(key) is str for key in shape):
+        order = tuple(sorted(shape, key=_text_key))
+        if len(_KEY_ORDERS) >= _KEY_ORDERS_LIMIT:
+            _KEY_ORDERS.clear()
+        _KEY_ORDERS[shape] = order
+        return order
+    return tuple(sorted(shape, key=_encoded_key))
 
 
 def encode_cbor(value: Any) -> bytes:
