@@ -93,6 +93,12 @@ class TlsPump:
                 self._peer_closed = True
                 break
             chunks.append(chunk)
+            if not self._incoming.pending and not self._ssl.pending():
+                # Everything that arrived is decrypted: another read would only
+                # raise SSLWantReadError (an exception per call on the hot path).
+                break
+        if len(chunks) == 1:
+            return chunks[0]
         return b"".join(chunks)
 
     def write(self, plaintext: bytes | bytearray) -> None:
