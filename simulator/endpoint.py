@@ -107,6 +107,19 @@ def _batch_handler(hsm: HsmCore) -> BatchHandler:
     return one_by_one
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyRead:
+    """An mTLS policy read under way (:meth:`HsmEndpoint.read_policy`)."""
+
+    generation: int
+    future: asyncio.Future[MtlsPolicyView]
+
+
+def _retrieve(future: asyncio.Future[MtlsPolicyView]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class EndpointError(SimulatorError):
     """The endpoint cannot serve (no certificate, unusable certificate)."""
 
@@ -164,6 +177,9 @@ class HsmEndpoint:
         self._waiting: list[tuple[EndpointChannel, list[Request]]] = []
         self._waiting_lock = threading.Lock()
         self._drain_queued = False
+        # Bumped by every applied policy change: a policy read started before a bump
+        # is stale (see open_channel).
+        self._policy_generation = 0
 
     @property
     def hsm(self) -> HsmCore:
@@ -190,13 +206,36 @@ class HsmEndpoint:
         """Open inner channels (CloudHSM's HsmSslCtxsOccupied)."""
         return len(self._channels)
 
-    async def open_channel(self, peer: str, sink: ChannelSink) -> EndpointChannel:
-        """A new inner channel for a connection from ``peer`` (address:port)."""
+    def read_policy(self) -> PolicyRead:
+        """Start reading the mTLS policy for a channel about to open.
+
+        The host starts this as soon as a connection is admitted, so the read on the
+        HSM's thread overlaps the client's hello instead of following it.
+        """
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._hsm.mtls_policy)
+        # A connection that never says hello never awaits it: keep a failure quiet.
+        future.add_done_callback(_retrieve)
+        return PolicyRead(self._policy_generation, future)
+
+    async def open_channel(
+        self, peer: str, sink: ChannelSink, policy_read: PolicyRead | None = None
+    ) -> EndpointChannel:
+        """A new inner channel for a connection from ``peer`` (address:port).
+
+        ``policy_read`` (from :meth:`read_policy`) is used only if no policy change
+        was applied since it started; otherwise the policy is read again.
+        """
         if self._certificate is None:
             raise EndpointError("the HSM has no certificate to present")
         loop = asyncio.get_running_loop()
         # The policy lives in the HSM's store: read it on the HSM's thread.
-        policy = await loop.run_in_executor(self._executor, self._hsm.mtls_policy)
+        policy: MtlsPolicyView | None = None
+        if policy_read is not None and policy_read.generation == self._policy_generation:
+            policy = await policy_read.future
+            if policy_read.generation != self._policy_generation:
+                policy = None  # changed while we waited
+        if policy is None:
+            policy = await loop.run_in_executor(self._executor, self._hsm.mtls_policy)
         key = _PolicyKey(policy.enforced, policy.trust_store_pem())
         context = self._contexts.get(key)
         if context is None:
@@ -280,6 +319,7 @@ class HsmEndpoint:
 
     def _policy_changed(self) -> None:
         """mTLS enforcement or anchors changed: drop channels the policy no longer admits."""
+        self._policy_generation += 1
         self._contexts.clear()
         loop = asyncio.get_running_loop()
         task = loop.run_in_executor(self._executor, self._hsm.mtls_policy)

@@ -18,6 +18,7 @@ connection as a network failure would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import logging
@@ -37,7 +38,7 @@ from protocol.channel import (
 from protocol.errors import ProtocolError, VersionMismatch
 from protocol.framing import Frame, FrameDecoder, FrameType, HostErrorCode, encode_tls
 from protocol.tls import TlsPump
-from simulator.endpoint import EndpointChannel, EndpointError, HsmEndpoint
+from simulator.endpoint import EndpointChannel, EndpointError, HsmEndpoint, PolicyRead
 
 __all__ = ["CONNECTION_LIMIT", "HelloInfo", "ServerHost"]
 
@@ -98,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._channel: EndpointChannel | None = None
         self._early_tls: list[bytes] = []
+        self._policy_read: PolicyRead | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._address = ""
         self.peer = "unknown"
@@ -140,6 +142,9 @@ class _Connection(asyncio.Protocol):
             self.refuse(HostErrorCode.HSM_UNAVAILABLE, self._host._unavailable_message())
             return False
         self._timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._timed_out)
+        # Read the HSM's mTLS policy while the client's hello is on its way.
+        with contextlib.suppress(RuntimeError):  # the HSM's worker is shutting down
+            self._policy_read = self._host.endpoint.read_policy()
         return True
 
     @property
@@ -234,7 +239,8 @@ class _Connection(asyncio.Protocol):
 
     async def _open_channel(self) -> None:
         try:
-            channel = await self._host.endpoint.open_channel(self.peer, self)
+            policy_read, self._policy_read = self._policy_read, None
+            channel = await self._host.endpoint.open_channel(self.peer, self, policy_read)
         except EndpointError as exc:
             self.refuse(HostErrorCode.HSM_UNAVAILABLE, f"{self._host.hello.hsm_id}: {exc}")
             return
