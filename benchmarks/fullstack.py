@@ -7,10 +7,13 @@ One run measures, on the same machine:
   with the reason printed when SoftHSM is not installed);
 * the full stack: :class:`client.AsyncSession` (library) → cluster view → end-to-end
   channel (outer TLS to the server host, inner TLS 1.3 to the HSM) → the simulated HSM,
-  with 32 requests in flight, on clusters of 1, 2 and 3 HSMs started in this process
-  (:class:`simulator.cluster.ClusterThread` on loopback, initialized, activated, one
-  crypto user, one RSA and one EC key pair made through the library and cloned to every
-  HSM).
+  with 32 requests in flight, on clusters of 1, 2 and 3 HSMs. Each cluster runs in its own
+  process (``python -m simulator up``, i.e. ``cloudhsm-local up``, on loopback), as real
+  HSMs are other machines: the client's event loop does not share a GIL with the cluster's
+  loop and HSM workers. It is still the same machine (2 cores on the project's VM), so
+  client and cluster compete for its cores. ``up`` initializes the cluster; the benchmark
+  activates it, creates one crypto user and makes one RSA and one EC key pair through the
+  library (cloned to every HSM).
 
 The key availability check refuses a token key held by fewer than 2 HSMs, so the 1-HSM
 cluster is measured with ``disable_key_availability_check`` (as a one-HSM cluster must be
@@ -31,6 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -45,7 +52,6 @@ from client import AsyncSession
 from client.cluster import ClusterView
 from client.config import ClientConfig, load_config
 from protocol.ops import Op
-from simulator.cluster import ClusterThread
 
 IN_FLIGHT = 32
 HSM_COUNTS = (1, 2, 3)
@@ -59,6 +65,16 @@ MESSAGE = _softhsm.MESSAGE
 
 ADMIN_PASSWORD = "bench-admin-password"
 CRYPTO_USER = ("bench_crypto", "bench-crypto-password")
+
+#: Seconds ``cloudhsm-local up`` may take to write its ready file (about 1-3 s on a busy VM).
+READY_TIMEOUT = 60.0
+#: Seconds the cluster process may take to stop after SIGTERM before it is killed.
+STOP_TIMEOUT = 30.0
+#: Printed with the tables: where the HSMs ran.
+CLUSTER_NOTE = (
+    "The simulated cluster runs in a separate process (python -m simulator up), "
+    "like real HSMs, but on the same machine as the client."
+)
 
 
 @dataclass(frozen=True)
@@ -119,21 +135,76 @@ def measure_cryptography(duration: float, repeats: int = REPEATS) -> Row:
 # -- a cluster with a crypto user --------------------------------------------------------
 
 
-@contextlib.contextmanager
-def bench_cluster(hsms: int, directory: Path) -> Iterator[tuple[ClusterThread, ClientConfig]]:
-    """A running, initialized cluster of ``hsms`` HSMs and its client configuration.
+class ClusterProcessError(RuntimeError):
+    """``cloudhsm-local up`` exited, or wrote no ready file in time."""
 
-    The cluster runs on its own event loop thread, as ``cloudhsm-local up`` would in
-    another process; the control plane is not started (nothing here uses it).
+
+def _read_ready(ready_file: Path) -> dict[str, object] | None:
+    """The ready document, or None while it is absent or not yet completely written."""
+    try:
+        document = json.loads(ready_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _wait_ready(process: subprocess.Popen[bytes], ready_file: Path, log: Path) -> Path:
+    """The client configuration path once ``up`` has written its ready file."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while (document := _read_ready(ready_file)) is None:
+        if process.poll() is not None:
+            raise ClusterProcessError(
+                f"cloudhsm-local up exited with {process.returncode}: "
+                f"{log.read_text(errors='replace').strip()}"
+            )
+        if time.monotonic() > deadline:
+            raise ClusterProcessError(f"no {ready_file} after {READY_TIMEOUT:.0f} s")
+        time.sleep(0.05)
+    return Path(str(document["config_path"]))
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (``up`` stops its cluster cleanly on it), wait; kill only if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def bench_cluster(hsms: int, directory: Path) -> Iterator[ClientConfig]:
+    """A running, initialized cluster of ``hsms`` HSMs in its own process; its client config.
+
+    ``cloudhsm-local up`` serves the cluster from another process (its own interpreter and
+    GIL, as real HSMs are other machines) and runs the initialization ceremony; it is
+    stopped with SIGTERM and waited for, however the benchmark ends.
     """
-    with ClusterThread(directory / "data", hsms=hsms, control_plane=False) as running:
-        customer_ca = running.initialize_default()
-        hsm_ca = directory / "customerCA.crt"
-        hsm_ca.write_bytes(customer_ca.cert_pem)
-        config_path = running.cluster.write_client_config(
-            directory / "cloudhsm-cli.cfg", hsm_ca_file=hsm_ca
+    ready_file = directory / "ready.json"
+    log = directory / "up.log"
+    command = [
+        sys.executable,
+        "-m",
+        "simulator",
+        "up",
+        "--hsms",
+        str(hsms),
+        "--data-dir",
+        str(directory / "data"),
+        "--ready-file",
+        str(ready_file),
+    ]
+    with open(log, "wb") as errors:
+        # S603: our own interpreter and module, with arguments built here.
+        process = subprocess.Popen(  # noqa: S603
+            command, stdout=subprocess.DEVNULL, stderr=errors
         )
-        yield running, load_config(config_path)
+    try:
+        yield load_config(_wait_ready(process, ready_file, log))
+    finally:
+        _stop(process)
 
 
 async def activate_with_crypto_user(config: ClientConfig) -> None:
@@ -305,7 +376,7 @@ async def _measure_cluster(
 def measure_full_stack(hsms: int, duration: float, repeats: int = REPEATS) -> ClusterFigures:
     with (
         tempfile.TemporaryDirectory(prefix=f"bench-fullstack-{hsms}-") as scratch,
-        bench_cluster(hsms, Path(scratch)) as (_running, config),
+        bench_cluster(hsms, Path(scratch)) as config,
     ):
         return asyncio.run(_measure_cluster(config, hsms, duration, repeats))
 
@@ -374,6 +445,7 @@ def main(
         figures = measure_full_stack(hsms, duration, repeats)
         rows.extend(figures.rows)
         layers.extend(figures.layers)
+    print(f"\n{CLUSTER_NOTE}")
     report(rows, softhsm)
     report_layers(layers, rows[0])
 
