@@ -59,7 +59,8 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _load_json(path: str, what: str) -> dict[str, Any]:
+def load_json_object(path: str, what: str) -> dict[str, Any]:
+    """A JSON file holding one object (token files), with precise errors."""
     raw = read_input_file(path, what)
     try:
         document = json.loads(raw)
@@ -74,7 +75,7 @@ def read_approval(path: str | None) -> dict[str, Any] | None:
     """A signed quorum token file as the ``approval`` argument of an op."""
     if path is None:
         return None
-    document = _load_json(path, "Quorum token file")
+    document = load_json_object(path, "Quorum token file")
     if document.get("version") != TOKEN_FILE_VERSION:
         raise CliError(f"Quorum token file {path} has an unsupported version")
     approval_data = b64decode(document.get("approval_data"), f"approval_data in {path}")
@@ -105,7 +106,7 @@ def read_approval(path: str | None) -> dict[str, Any] | None:
 def read_registration_tokens(path: str) -> list[dict[str, bytes]]:
     """A signed registration token file: one ``{approval_data, signed}`` per HSM. Entries
     left unsigned are not sent (their HSMs stay unregistered, and ``user list`` says so)."""
-    document = _load_json(path, "Signed token file")
+    document = load_json_object(path, "Signed token file")
     tokens = document.get("tokens")
     if not isinstance(tokens, list) or not tokens:
         raise CliError(f"Signed token file {path} lacks a tokens list")

@@ -22,6 +22,7 @@ from client.cli.quorum import (
     add_approval,
     b64,
     b64decode,
+    load_json_object,
     read_approval,
     read_registration_tokens,
 )
@@ -192,7 +193,7 @@ async def register_quorum_key(ctx: CliContext, args: argparse.Namespace) -> Any:
 def _read_signed_mfa_tokens(path: str, count: int) -> list[dict[str, bytes]]:
     """The ``count`` tokens written, in order; an entry left unsigned has ``signed`` empty
     (its HSM is left unchanged, and ``user list`` shows the MFA state as inconsistent)."""
-    document = _json_file(path, "Signed token file")
+    document = load_json_object(path, "Signed token file")
     tokens = document.get("tokens")
     if not isinstance(tokens, list) or len(tokens) != count:
         raise CliError(f"Signed token file {path} must hold {count} tokens, one per HSM")
@@ -208,17 +209,6 @@ def _read_signed_mfa_tokens(path: str, count: int) -> list[dict[str, bytes]]:
     if not any(entry["signed"] for entry in entries):
         raise CliError(f"Signed token file {path} has not been signed")
     return entries
-
-
-def _json_file(path: str, what: str) -> dict[str, Any]:
-    raw = read_input_file(path, what)
-    try:
-        document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CliError(f"{what} {path} is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise CliError(f"{what} {path} must hold a JSON object")
-    return document
 
 
 async def change_mfa(ctx: CliContext, args: argparse.Namespace) -> Any:
