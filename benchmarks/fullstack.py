@@ -52,6 +52,7 @@ from client import AsyncSession
 from client.cluster import ClusterView
 from client.config import ClientConfig, load_config
 from protocol.ops import Op
+from simulator.cluster import ClusterThread
 
 IN_FLIGHT = 32
 HSM_COUNTS = (1, 2, 3)
@@ -175,7 +176,25 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def bench_cluster(hsms: int, directory: Path) -> Iterator[ClientConfig]:
+def bench_cluster(hsms: int, directory: Path) -> Iterator[tuple[ClusterThread, ClientConfig]]:
+    """A running, initialized cluster of ``hsms`` HSMs in this process and its client config.
+
+    For benchmarks that reach into the cluster (``failover`` injects faults through it):
+    the cluster runs on its own event loop thread, sharing this process's GIL; the control
+    plane is not started (nothing here uses it).
+    """
+    with ClusterThread(directory / "data", hsms=hsms, control_plane=False) as running:
+        customer_ca = running.initialize_default()
+        hsm_ca = directory / "customerCA.crt"
+        hsm_ca.write_bytes(customer_ca.cert_pem)
+        config_path = running.cluster.write_client_config(
+            directory / "cloudhsm-cli.cfg", hsm_ca_file=hsm_ca
+        )
+        yield running, load_config(config_path)
+
+
+@contextlib.contextmanager
+def cluster_process(hsms: int, directory: Path) -> Iterator[ClientConfig]:
     """A running, initialized cluster of ``hsms`` HSMs in its own process; its client config.
 
     ``cloudhsm-local up`` serves the cluster from another process (its own interpreter and
@@ -376,7 +395,7 @@ async def _measure_cluster(
 def measure_full_stack(hsms: int, duration: float, repeats: int = REPEATS) -> ClusterFigures:
     with (
         tempfile.TemporaryDirectory(prefix=f"bench-fullstack-{hsms}-") as scratch,
-        bench_cluster(hsms, Path(scratch)) as config,
+        cluster_process(hsms, Path(scratch)) as config,
     ):
         return asyncio.run(_measure_cluster(config, hsms, duration, repeats))
 
