@@ -103,7 +103,7 @@ def measure(duration: float, library: str = LIBRARY_PATH, repeats: int = 1) -> S
 # -- the child process ------------------------------------------------------------------
 
 
-def _rate(operation: Callable[[], object], duration: float, repeats: int) -> float:
+def sync_rate(operation: Callable[[], object], duration: float, repeats: int) -> float:
     """Calls per second of ``operation``: the best of ``repeats`` runs of ``duration`` s."""
     warm_until = time.perf_counter() + min(0.1, duration)
     while time.perf_counter() < warm_until:
@@ -165,10 +165,10 @@ def _measure_here(duration: float, library: str, repeats: int) -> dict[str, Any]
             _, ec_private = parameters.generate_keypair(store=False)
             rsa_mechanism = pkcs11.Mechanism.SHA256_RSA_PKCS
             ec_mechanism = pkcs11.Mechanism.ECDSA
-            rsa = _rate(
+            rsa = sync_rate(
                 lambda: rsa_private.sign(MESSAGE, mechanism=rsa_mechanism), duration, repeats
             )
-            ecdsa = _rate(
+            ecdsa = sync_rate(
                 lambda: ec_private.sign(hashlib.sha256(MESSAGE).digest(), mechanism=ec_mechanism),
                 duration,
                 repeats,

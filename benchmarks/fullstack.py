@@ -101,22 +101,6 @@ class Row:
 # -- the cryptography baseline --------------------------------------------------------
 
 
-def _sync_rate(operation: Callable[[], object], duration: float, repeats: int) -> float:
-    """Calls per second in this thread: the best of ``repeats`` runs of ``duration`` s."""
-    warm_until = time.perf_counter() + min(0.1, duration)
-    while time.perf_counter() < warm_until:
-        operation()
-    best = 0.0
-    for _ in range(repeats):
-        done = 0
-        started = time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < duration:
-            operation()
-            done += 1
-        best = max(best, done / elapsed)
-    return best
-
-
 def measure_cryptography(duration: float, repeats: int = REPEATS) -> Row:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ec_key = ec.generate_private_key(ec.SECP256R1())
@@ -125,10 +109,12 @@ def measure_cryptography(duration: float, repeats: int = REPEATS) -> Row:
     return Row(
         "cryptography in process, 1 thread",
         {
-            RSA.mechanism: _sync_rate(
+            RSA.mechanism: _softhsm.sync_rate(
                 lambda: rsa_key.sign(MESSAGE, pkcs1, sha256), duration, repeats
             ),
-            ECDSA.mechanism: _sync_rate(lambda: ec_key.sign(MESSAGE, ecdsa), duration, repeats),
+            ECDSA.mechanism: _softhsm.sync_rate(
+                lambda: ec_key.sign(MESSAGE, ecdsa), duration, repeats
+            ),
         },
     )
 
