@@ -18,7 +18,7 @@ from client import AsyncSession, Session
 from client.config import load_config
 from client.daemon import DaemonServer
 from client.errors import ConnectionLost, LoginFailure, NotLoggedIn
-from fixtures.clients import Credentials
+from fixtures.clients import Credentials, running_daemon
 from fixtures.cluster import ClusterUnderTest
 
 
@@ -27,32 +27,8 @@ def daemon(
     cloudhsm_cluster: ClusterUnderTest, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     socket_path = tmp_path / "run" / "client.sock"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client.daemon",
-            "--config",
-            str(cloudhsm_cluster.config_path),
-            "--socket",
-            str(socket_path),
-            "--log-level",
-            "warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while not socket_path.exists():
-        assert process.poll() is None, process.stderr.read() if process.stderr else b""
-        assert time.monotonic() < deadline, "the daemon did not start"
-        time.sleep(0.02)
-    try:
+    with running_daemon(cloudhsm_cluster.config_path, socket_path) as process:
         yield process, socket_path
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
         if process.stderr is not None:
             process.stderr.close()
 

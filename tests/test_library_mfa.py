@@ -9,9 +9,6 @@ over the 32-byte token as a SHA-256 digest), which the HSMs verify.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from client import AsyncSession, Session
 from client.daemon import DaemonView
 from client.errors import ClientError, InvalidArgument, LoginFailure, NotLoggedIn
 from client.session import MFA_SIGNATURE_REFUSED, MfaRequired
-from fixtures.clients import Credentials
+from fixtures.clients import Credentials, running_daemon
 from fixtures.cluster import ClusterUnderTest
 
 
@@ -71,33 +68,9 @@ def mfa_user(cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Crede
 def daemon_socket(cloudhsm_cluster: ClusterUnderTest, tmp_path: Path) -> Iterator[Path]:
     """A real ``cloudhsm-client`` process serving the cluster on a private socket."""
     socket_path = tmp_path / "run" / "client.sock"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "client.daemon",
-            "--config",
-            str(cloudhsm_cluster.config_path),
-            "--socket",
-            str(socket_path),
-            "--log-level",
-            "warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while not socket_path.exists():
-        assert process.poll() is None, process.stderr.read() if process.stderr else b""
-        assert time.monotonic() < deadline, "the daemon did not start"
-        time.sleep(0.02)
-    try:
+    with running_daemon(cloudhsm_cluster.config_path, socket_path) as process:
         yield socket_path
-    finally:
-        process.terminate()
-        assert process.wait(timeout=30) == 0
-        if process.stderr is not None:
-            process.stderr.close()
+    assert process.returncode == 0
 
 
 def _connect(cluster: ClusterUnderTest, socket_path: Path | None) -> Session:
