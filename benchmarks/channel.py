@@ -174,6 +174,17 @@ class _RawEchoClient(asyncio.Protocol):
         return count
 
 
+class _Closing(asyncio.Protocol):
+    """A connection that only says when it has closed."""
+
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
 class _Baseline:
     """The plain TLS side: handshakes, per-message echo, raw byte echo."""
 
@@ -194,11 +205,12 @@ class _Baseline:
         self.raw = await self._connect(_RawEchoClient)
 
     async def handshake(self) -> int:
-        transport, _ = await asyncio.get_running_loop().create_connection(
-            asyncio.Protocol, "127.0.0.1", self._port, ssl=self._context,
-            server_hostname="127.0.0.1",
-        )  # fmt: skip
+        transport, protocol = await asyncio.get_running_loop().create_connection(
+            _Closing, "127.0.0.1", self._port, ssl=self._context, server_hostname="127.0.0.1"
+        )
+        # Closed and waited for, as the channel's close is: close_notify both ways.
         transport.close()
+        await protocol.closed
         return 1
 
     async def sequential(self) -> int:
