@@ -15,10 +15,10 @@ arrays, text, bytes, integers, booleans and null.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -201,18 +201,21 @@ def decode_cbor(data: bytes) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+# Messages are named tuples, not frozen dataclasses: every request and answer makes
+# two of them on each side of the channel, and a frozen dataclass's __init__ (one
+# object.__setattr__ per field) costs twice a tuple's. They stay immutable.
+
+
+class Request(NamedTuple):
     id: int
     op: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
         return {"id": self.id, "op": self.op, "args": self.args}
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     id: int
     status: int
     result: Any = None
@@ -253,26 +256,84 @@ def parse_response(body: Any) -> Response:
     return Response(rid, status, body.get("result"))
 
 
+def _cbor_head(major: int, value: int) -> bytes:
+    """The CBOR initial byte(s) of major type ``major`` with argument ``value`` (< 2**64)."""
+    if value < 24:
+        return bytes((major | value,))
+    if value < 0x100:
+        return bytes((major | 24, value))
+    if value < 0x10000:
+        return bytes((major | 25,)) + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return bytes((major | 26,)) + value.to_bytes(4, "big")
+    return bytes((major | 27,)) + value.to_bytes(8, "big")
+
+
+@functools.lru_cache(maxsize=256)
+def _op_text(op: str) -> bytes:
+    # Few distinct ops exist: encode each name once.
+    raw = op.encode("utf-8")
+    return _cbor_head(0x60, len(raw)) + raw
+
+
+# The envelopes' fixed parts: a 3-entry map and its keys, in canonical order
+# (RFC 8949 §4.2.1: "id" < "op" < "args"; "id" < "result" < "status").
+_REQUEST_HEAD = b"\xa3\x62id"
+_REQUEST_OP = b"\x62op"
+_REQUEST_ARGS = b"\x64args"
+_RESPONSE_HEAD = b"\xa3\x62id"
+_RESPONSE_RESULT = b"\x66result"
+_RESPONSE_STATUS = b"\x66status"
+_EMPTY_MAP = b"\xa0"
+_NULL = b"\xf6"
+
+
 def encode_message(message: Request | Response) -> bytes:
-    """Length-prefixed canonical CBOR of one message."""
-    # The top-level map is built directly in canonical key order (RFC 8949 §4.2.1:
-    # "id" < "op" < "args"; "id" < "result" < "status"), so only the payload needs
-    # the canonicalising walk. Equal to ``encode_cbor(message.to_wire())``.
-    if type(message) is Request:
-        wire: dict[str, Any] = {
-            "id": _canonical(message.id, 1),
-            "op": _canonical(message.op, 1),
-            "args": _canonical(message.args, 1),
-        }
-    elif type(message) is Response:
-        wire = {
-            "id": _canonical(message.id, 1),
-            "result": _canonical(message.result, 1),
-            "status": _canonical(message.status, 1),
-        }
+    """Length-prefixed canonical CBOR of one message.
+
+    Equal to ``encode_cbor(message.to_wire())``, but the envelope is written here
+    (its keys are fixed), so only the payload goes through the canonicalising walk
+    and cbor2: most answers (``None``) and many requests (no arguments) need neither.
+    """
+    kind = type(message)
+    if kind is Request:
+        rid, op, args = message
+        if type(rid) is not int or type(op) is not str or type(args) is not dict:
+            return _encode_checked(message)
+        if not 0 <= rid < 2**64:
+            return _encode_checked(message)
+        payload = cbor2.dumps(_canonical(args, 1)) if args else _EMPTY_MAP
+        body = b"".join(
+            (_REQUEST_HEAD, _cbor_head(0, rid), _REQUEST_OP, _op_text(op), _REQUEST_ARGS, payload)
+        )
+    elif kind is Response:
+        rid, status, result = message
+        if type(rid) is not int or type(status) is not int:
+            return _encode_checked(message)
+        if not (0 <= rid < 2**64 and 0 <= status < 2**64):
+            return _encode_checked(message)
+        payload = _NULL if result is None else cbor2.dumps(_canonical(result, 1))
+        body = b"".join(
+            (
+                _RESPONSE_HEAD,
+                _cbor_head(0, rid),
+                _RESPONSE_RESULT,
+                payload,
+                _RESPONSE_STATUS,
+                _cbor_head(0, status),
+            )
+        )
     else:
-        wire = _canonical(message.to_wire(), 0)
-    body: bytes = cbor2.dumps(wire)
+        return _encode_checked(message)
+    return _framed(body)
+
+
+def _encode_checked(message: Request | Response) -> bytes:
+    """The general path: fields of subclassed or unexpected types go through the full walk."""
+    return _framed(cbor2.dumps(_canonical(message.to_wire(), 0)))
+
+
+def _framed(body: bytes) -> bytes:
     if len(body) > MAX_MESSAGE_SIZE:
         raise MessageError(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_SIZE}")
     return _LENGTH.pack(len(body)) + body

@@ -96,3 +96,34 @@ def test_encoding_is_cbor2_canonical(value: object) -> None:
 
     assert encode_cbor(value) == cbor2.dumps(value, canonical=True)
     assert decode_cbor(encode_cbor(value)) == value
+
+
+def _framed_canonical(wire: dict[str, object]) -> bytes:
+    body = encode_cbor(wire)
+    return len(body).to_bytes(4, "big") + body
+
+
+@given(
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.text(min_size=1, max_size=64),
+    st.dictionaries(st.text(max_size=12), _wire_values, max_size=4),
+)
+def test_request_envelope_equals_the_canonical_map(
+    rid: int, op: str, args: dict[str, object]
+) -> None:
+    """The hand-written request envelope is byte for byte the canonical CBOR map."""
+    request = Request(rid, op, args)
+    assert encode_message(request) == _framed_canonical(request.to_wire())
+
+
+@given(
+    st.integers(min_value=-(2**64), max_value=2**64 - 1),
+    st.integers(min_value=-(2**64), max_value=2**64 - 1),
+    _wire_values,
+)
+def test_response_envelope_equals_the_canonical_map(rid: int, status: int, result: object) -> None:
+    """Every id, status and result (in range or not for the fast path) encodes canonically."""
+    from protocol.messages import Response
+
+    response = Response(rid, status, result)
+    assert encode_message(response) == _framed_canonical(response.to_wire())
