@@ -34,7 +34,7 @@ import os
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -267,45 +267,43 @@ class HsmEndpoint:
                 if not waiting:
                     self._drain_queued = False
                     return
-            batch: list[tuple[EndpointChannel, Request]] = []
-            for channel, requests in waiting:
-                batch.extend((channel, request) for request in requests)
-            for start in range(0, len(batch), MAX_BATCH):
-                self._run_batch(batch[start : start + MAX_BATCH])
+            for batch in _batches(waiting):
+                self._run_batch(batch)
 
-    def _run_batch(self, batch: list[tuple[EndpointChannel, Request]]) -> None:
-        runnable: list[tuple[EndpointChannel, Request]] = []
-        answers: dict[EndpointChannel, list[tuple[bytes, str]]] = {}
-        for channel, request in batch:
+    def _run_batch(self, batch: list[tuple[EndpointChannel, list[Request]]]) -> None:
+        calls: list[tuple[int, str, dict[str, Any]]] = []
+        served: list[tuple[EndpointChannel, list[Request]]] = []
+        answers: dict[EndpointChannel, list[bytes]] = {}
+        policy_touched: set[EndpointChannel] = set()
+        for channel, requests in batch:
             if channel.closed:
                 continue  # nobody is left to answer (and its session is being closed)
+            if not _POLICY_OPS.isdisjoint([request.op for request in requests]):
+                policy_touched.add(channel)
             session = channel._worker_session()
             if session is None:
-                answers.setdefault(channel, []).append(
-                    (channel._refused_session(request), request.op)
-                )
-            else:
-                runnable.append((channel, request))
-        results = self._handle_batch(runnable)
-        for (channel, request), (status, result) in zip(runnable, results, strict=True):
-            answers.setdefault(channel, []).append(
-                (_encode_response(request, status, result), request.op)
+                refused = answers.setdefault(channel, [])
+                refused.extend(channel._refused_session(request) for request in requests)
+                continue
+            calls.extend([(session, request.op, request.args) for request in requests])
+            served.append((channel, requests))
+        results = iter(self._handle_batch(calls))
+        for channel, requests in served:
+            answers.setdefault(channel, []).extend(
+                [_encode_response(request, *next(results)) for request in requests]
             )
         # Only now, with the batch durable, may any answer leave; each channel's answers
-        # keep the order its requests came in.
-        for channel, done in answers.items():
-            channel._loop.call_soon_threadsafe(channel._queue_responses, done)
+        # keep the order its requests came in and go out in one record.
+        for channel, wires in answers.items():
+            channel._loop.call_soon_threadsafe(
+                channel._queue_responses, b"".join(wires), channel in policy_touched
+            )
 
     def _handle_batch(
-        self, runnable: list[tuple[EndpointChannel, Request]]
+        self, calls: list[tuple[int, str, dict[str, Any]]]
     ) -> list[tuple[Status, Any]]:
-        if not runnable:
+        if not calls:
             return []
-        calls = []
-        for channel, request in runnable:
-            session = channel._worker_session()
-            assert session is not None
-            calls.append((session, request.op, request.args))
         try:
             results = self._handle_batch_of_hsm(calls)
             if len(results) == len(calls):
@@ -337,6 +335,30 @@ class HsmEndpoint:
         for channel in list(self._channels):
             if channel.client_cert_der is None:
                 channel.abort("mTLS enforcement requires a client certificate")
+
+
+def _batches(
+    waiting: list[tuple[EndpointChannel, list[Request]]],
+) -> Iterator[list[tuple[EndpointChannel, list[Request]]]]:
+    """Split what is waiting into batches of at most :data:`MAX_BATCH` requests, in order."""
+    batch: list[tuple[EndpointChannel, list[Request]]] = []
+    size = 0
+    for channel, requests in waiting:
+        while requests:
+            room = MAX_BATCH - size
+            if len(requests) <= room:  # the usual case: the whole record fits
+                batch.append((channel, requests))
+                size += len(requests)
+                requests = []
+            else:
+                batch.append((channel, requests[:room]))
+                size = MAX_BATCH
+                requests = requests[room:]
+            if size == MAX_BATCH:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
 
 
 _POLICY_OPS = frozenset(
@@ -452,13 +474,12 @@ class EndpointChannel:
 
     # -- outbound (event loop) ----------------------------------------------------
 
-    def _queue_responses(self, done: list[tuple[bytes, str]]) -> None:
+    def _queue_responses(self, wire: bytes, policy_changed: bool) -> None:
         if self._closed:
             return
-        for wire, op in done:
-            self._outbox += wire
-            if op in _POLICY_OPS:
-                self._endpoint._policy_changed()
+        self._outbox += wire
+        if policy_changed:
+            self._endpoint._policy_changed()
         # The worker already gathered this channel's answers: send them in one record.
         self._flush()
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from client.cluster import channel_settings
 from client.config import load_config
@@ -32,6 +34,7 @@ from fixtures.cluster import ClusterUnderTest
 from fixtures.trust import SingleHsmTarget
 from protocol.ops import Op
 from protocol.status import Status
+from simulator.endpoint import MAX_BATCH, _batches
 from simulator.hsm import Hsm
 
 BURST = 40
@@ -187,3 +190,51 @@ def test_pipelined_requests_time_out_each_at_its_own_deadline(
             assert {answer["hsm-id"] for answer in answers} == {target.hello.hsm_id}
 
     asyncio.run(scenario())
+
+
+def test_a_backlog_larger_than_a_batch_is_split_in_arrival_order(
+    single_hsm_target: SingleHsmTarget, batch_sizes: list[int]
+) -> None:
+    """Requests that pile up while the HSM is busy run in batches of at most MAX_BATCH."""
+    target = single_hsm_target
+    backlog = 2 * MAX_BATCH + 22
+    release = threading.Event()
+
+    async def scenario() -> list[Any]:
+        async with await HsmConnection.open(target.host, target.port, target.settings) as conn:
+            await conn.call("hsm.info")  # the session is open before the backlog forms
+            batch_sizes.clear()
+            blocker = target.endpoint.executor.submit(release.wait, 30)
+            calls = [asyncio.ensure_future(conn.call("hsm.info")) for _ in range(backlog)]
+            # The backlog forms on the host's thread; watch it arrive.
+            for _ in range(1000):
+                if sum(len(group) for _, group in target.endpoint._waiting) == backlog:
+                    break
+                await asyncio.sleep(0.01)
+            release.set()
+            await asyncio.wrap_future(blocker)
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(scenario())
+    assert len(answers) == backlog
+    assert {answer["hsm-id"] for answer in answers} == {target.hello.hsm_id}
+    assert max(batch_sizes) == MAX_BATCH
+    assert sum(batch_sizes) == backlog
+
+
+_groups = st.lists(st.integers(min_value=1, max_value=3 * MAX_BATCH), max_size=8)
+
+
+@given(_groups)
+def test_batches_keep_order_and_respect_the_cap(sizes: list[int]) -> None:
+    channels = [object() for _ in sizes]
+    waiting: Any = [
+        (channel, [f"{index}-{n}" for n in range(size)])
+        for index, (channel, size) in enumerate(zip(channels, sizes, strict=True))
+    ]
+    batches = list(_batches(waiting))
+    flat = [(channel, item) for batch in batches for channel, items in batch for item in items]
+    assert flat == [(channel, item) for channel, items in waiting for item in items]
+    assert all(0 < sum(len(items) for _, items in batch) <= MAX_BATCH for batch in batches)
+    assert all(len(batches[i]) > 0 for i in range(len(batches)))
+    assert all(sum(len(items) for _, items in batch) == MAX_BATCH for batch in batches[:-1])
