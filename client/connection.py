@@ -175,10 +175,10 @@ class HsmConnection:
         self._pump: TlsPump | None = None
         self._messages = MessageDecoder()
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Response]] = {}
-        # Unanswered requests' deadlines (loop time) and ops, oldest first: ids grow and
-        # the timeout is the channel's, so insertion order is deadline order.
-        self._deadlines: dict[int, tuple[float, str]] = {}
+        # Unanswered requests: their waiters, deadlines (loop time) and ops, oldest
+        # first: ids grow and the timeout is the channel's, so insertion order is
+        # deadline order.
+        self._pending: dict[int, tuple[asyncio.Future[Response], float, str]] = {}
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._setup_frames: asyncio.Queue[Frame | None] = asyncio.Queue()
         self._ready = False
@@ -350,25 +350,22 @@ class HsmConnection:
             raise self._failure
         assert self._pump is not None
         request_id = next(self._ids)
-        future: asyncio.Future[Response] = self._loop.create_future()
-        self._pending[request_id] = future
         try:
             self._outbox += encode_message(Request(request_id, op, args or {}))
         except ProtocolError as exc:
-            del self._pending[request_id]
             raise errors.ClientError(f"request {op!r} cannot be encoded: {exc}") from None
+        future: asyncio.Future[Response] = self._loop.create_future()
+        deadline = self._loop.time() + self._settings.request_timeout
+        self._pending[request_id] = (future, deadline, op)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        deadline = self._loop.time() + self._settings.request_timeout
-        self._deadlines[request_id] = (deadline, op)
         if self._sweep_timer is None:
             self._sweep_timer = self._loop.call_at(deadline, self._sweep)
         try:
             response = await future
         finally:
-            self._deadlines.pop(request_id, None)
-            self._pending.pop(request_id, None)
+            self._pending.pop(request_id, None)  # answered requests are gone already
         if response.status != 0:
             message = None
             if isinstance(response.result, dict):
@@ -381,16 +378,15 @@ class HsmConnection:
         """Expire every request past its deadline; set the timer for the next one."""
         self._sweep_timer = None
         due = self._loop.time() + _CLOCK_SLACK
-        expired: list[tuple[int, str]] = []
-        for request_id, (deadline, op) in self._deadlines.items():
+        expired: list[int] = []
+        for request_id, (_, deadline, _) in self._pending.items():
             if deadline > due:
                 self._sweep_timer = self._loop.call_at(deadline, self._sweep)
                 break
-            expired.append((request_id, op))
-        for request_id, op in expired:
-            del self._deadlines[request_id]
-            future = self._pending.pop(request_id, None)
-            if future is not None and not future.done():
+            expired.append(request_id)
+        for request_id in expired:
+            future, _, op = self._pending.pop(request_id)
+            if not future.done():
                 future.set_exception(
                     errors.RequestTimeout(
                         f"the HSM at {self.peer} did not answer {op!r} within "
@@ -448,10 +444,11 @@ class HsmConnection:
             self._fail(errors.ConnectionLost(f"the HSM at {self.peer} closed the channel"))
 
     def _deliver(self, response: Response) -> None:
-        future = self._pending.pop(response.id, None)
-        if future is None:
+        waiting = self._pending.pop(response.id, None)
+        if waiting is None:
             # A response to a request that timed out; its waiter is gone.
             return
+        future = waiting[0]
         if not future.done():
             future.set_result(response)
 
@@ -467,11 +464,10 @@ class HsmConnection:
     def _fail(self, failure: errors.ClientError) -> None:
         if self._failure is None:
             self._failure = failure
-        for future in self._pending.values():
+        for future, _, _ in self._pending.values():
             if not future.done():
                 future.set_exception(failure)
         self._pending.clear()
-        self._deadlines.clear()
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
             self._sweep_timer = None
