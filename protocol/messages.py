@@ -66,10 +66,17 @@ def _check_value(value: Any, depth: int) -> None:
             ):
                 raise MessageError("map keys must be text or integers")
             item_kind = type(item)
-            if depth < MAX_DEPTH and (
-                item_kind is str or item_kind is bytes or item_kind is bool or item is None
-            ):
-                continue
+            if depth < MAX_DEPTH:
+                # Leaves inline: a call per id, status or empty map would cost more than
+                # the check itself on every message.
+                if item_kind is str or item_kind is bytes or item_kind is bool or item is None:
+                    continue
+                if item_kind is int:
+                    if not -(2**64) <= item < 2**64:
+                        raise MessageError("integer outside the 64-bit range")
+                    continue
+                if item_kind is dict and not item:
+                    continue
             _check_value(item, depth + 1)
         return
     if kind is list:
@@ -234,6 +241,24 @@ def _require(body: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> A
 
 
 def parse_request(body: Any) -> Request:
+    if type(body) is dict:
+        # The usual request, checked without the general path's per-field calls.
+        rid = body.get("id")
+        op = body.get("op")
+        args = body.get("args", {})
+        if (
+            type(rid) is int
+            and 0 <= rid <= MAX_REQUEST_ID
+            and type(op) is str
+            and 0 < len(op) <= MAX_OP_LENGTH
+            and type(args) is dict
+        ):
+            return Request(rid, op, args)
+    return _parse_request_strictly(body)
+
+
+def _parse_request_strictly(body: Any) -> Request:
+    """The request checked field by field, raising for the first fault."""
     if not isinstance(body, dict):
         raise MessageError("a request must be a CBOR map")
     rid = _require(body, "id", int)
@@ -249,6 +274,16 @@ def parse_request(body: Any) -> Request:
 
 
 def parse_response(body: Any) -> Response:
+    if type(body) is dict:
+        rid = body.get("id")
+        status = body.get("status")
+        if type(rid) is int and type(status) is int:
+            return Response(rid, status, body.get("result"))
+    return _parse_response_strictly(body)
+
+
+def _parse_response_strictly(body: Any) -> Response:
+    """The response checked field by field, raising for the first fault."""
     if not isinstance(body, dict):
         raise MessageError("a response must be a CBOR map")
     rid = _require(body, "id", int)

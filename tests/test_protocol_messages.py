@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -127,3 +129,36 @@ def test_response_envelope_equals_the_canonical_map(rid: int, status: int, resul
 
     response = Response(rid, status, result)
     assert encode_message(response) == _framed_canonical(response.to_wire())
+
+
+_fields = _wire_values | st.integers(min_value=-(2**65), max_value=2**65) | st.text(max_size=70)
+_envelopes = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.integers(min_value=-(2**65), max_value=2**65) | _fields,
+        "op": st.text(max_size=70) | _fields,
+        "args": st.dictionaries(st.text(max_size=5), _wire_values, max_size=2) | _fields,
+        "status": st.integers(min_value=-(2**65), max_value=2**65) | _fields,
+        "result": _fields,
+    },
+)
+
+
+def _outcome(parse: Any, body: object) -> object:
+    try:
+        return parse(body)
+    except MessageError as exc:
+        return ("refused", str(exc))
+
+
+@given(_envelopes | _wire_values)
+def test_the_parsers_fast_paths_agree_with_the_strict_ones(body: object) -> None:
+    """The exact-type shortcuts accept only what the field-by-field checks accept."""
+    from protocol.messages import (
+        _parse_request_strictly,
+        _parse_response_strictly,
+        parse_response,
+    )
+
+    assert _outcome(parse_request, body) == _outcome(_parse_request_strictly, body)
+    assert _outcome(parse_response, body) == _outcome(_parse_response_strictly, body)
