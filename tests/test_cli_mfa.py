@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import select
+import shlex
 import shutil
 import stat
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from fixtures.clients import Credentials, run_cli
+from fixtures.clients import Credentials, InteractiveCli, run_cli
 from fixtures.cluster import ClusterUnderTest
 
 SIGNED_PROMPT = "Enter signed token file path (press enter if same as the unsigned token file):"
@@ -294,66 +291,6 @@ def test_token_option_is_required(cloudhsm_cluster: ClusterUnderTest) -> None:
     assert "--token" in envelope["data"]
 
 
-_CLI_MAIN = "import sys; from client.cli import main; sys.exit(main())"
-
-
-class Shell:
-    """``cloudhsm-cli interactive`` in a child process, read up to any prompt."""
-
-    def __init__(self, config: Path) -> None:
-        environment = {**os.environ, "CLOUDHSM_CONFIG": str(config)}
-        environment.pop("CLOUDHSM_ROLE", None)
-        environment.pop("CLOUDHSM_PIN", None)
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _CLI_MAIN, "interactive"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=environment,
-        )
-        self.buffer = b""
-        self.read_until("aws-cloudhsm > ")
-
-    def read_until(self, marker: str, timeout: float = 60.0) -> str:
-        assert self.process.stdout is not None
-        wanted = marker.encode()
-        deadline = time.monotonic() + timeout
-        while wanted not in self.buffer:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no {marker!r} in {self.buffer!r}"
-            ready, _, _ = select.select([self.process.stdout], [], [], remaining)
-            if ready:
-                chunk = os.read(self.process.stdout.fileno(), 65536)
-                assert chunk, f"cloudhsm-cli exited: {self.buffer!r}"
-                self.buffer += chunk
-        head, _, self.buffer = self.buffer.partition(wanted)
-        return head.decode()
-
-    def send_line(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        self.process.stdin.flush()
-
-    def run(self, line: str) -> dict[str, Any]:
-        self.send_line(line)
-        envelope = json.loads(self.read_until("aws-cloudhsm > "))
-        assert isinstance(envelope, dict)
-        return envelope
-
-    def close(self) -> int:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.write(b"quit\n")
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        return self.process.returncode
-
-
 def openssl_sign(key_path: Path, raw: Path) -> bytes:
     command = ["openssl", "pkeyutl", "-sign", "-inkey", str(key_path)]
     command += ["-pkeyopt", "digest:sha256", "-in", str(raw)]
@@ -362,14 +299,14 @@ def openssl_sign(key_path: Path, raw: Path) -> bytes:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_interactive_login_signed_by_openssl(
-    cloudhsm_cluster: ClusterUnderTest, mfa_user: MfaUser, tmp_path: Path
+    interactive_cli: Callable[..., InteractiveCli], mfa_user: MfaUser, tmp_path: Path
 ) -> None:
     """The operator's way: the CLI waits at the prompt while openssl signs each token."""
     token = tmp_path / "login.json"
     signed = tmp_path / "login-signed.json"
-    shell = Shell(cloudhsm_cluster.config_path)
+    shell = interactive_cli()
     try:
-        shell.send_line(" ".join(mfa_user.login_argv(token)))
+        shell.send_line(shlex.join(mfa_user.login_argv(token)))
         shell.read_until("Enter password:")
         shell.send_line(mfa_user.credentials.password)
         shell.read_until(SIGNED_PROMPT)
@@ -380,13 +317,13 @@ def test_interactive_login_signed_by_openssl(
             entry["signed"] = base64.b64encode(openssl_sign(mfa_user.key_path, raw)).decode()
         signed.write_text(json.dumps(document))
         shell.send_line(str(signed))
-        envelope = json.loads(shell.read_until("aws-cloudhsm > "))
+        envelope = shell.read_envelope()
         assert envelope == {
             "error_code": 0,
             "data": {"username": mfa_user.credentials.username, "role": "crypto-user"},
         }
         # The login holds for the next lines: a command that needs it runs, logout ends it.
-        assert shell.run("key list")["error_code"] == 0
-        assert shell.run("logout") == {"error_code": 0, "data": "Logout successful"}
+        assert shell("key", "list")["error_code"] == 0
+        assert shell("logout") == {"error_code": 0, "data": "Logout successful"}
     finally:
         assert shell.close() == 0

@@ -5,101 +5,46 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import select
-import subprocess
-import sys
-import time
+import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from fixtures.clients import CloudHsmCli, Credentials
-from fixtures.cluster import ClusterUnderTest
+from fixtures.clients import CloudHsmCli, Credentials, InteractiveCli
 from fixtures.trust import CertificateAuthority
 
 
-class InteractiveCli:
-    """``cloudhsm-cli interactive`` in a child process, one command line at a time."""
-
-    def __init__(self, config: Path) -> None:
-        script = Path(sys.executable).with_name("cloudhsm-cli")
-        command = (
-            [str(script)]
-            if script.exists()
-            else [sys.executable, "-c", "from client.cli import main; raise SystemExit(main())"]
-        )
-        env = {**os.environ, "CLOUDHSM_CONFIG": str(config)}
-        env.pop("CLOUDHSM_ROLE", None)
-        env.pop("CLOUDHSM_PIN", None)
-        self.process = subprocess.Popen(
-            [*command, "interactive"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        self.buffer = b""
-        self._read_until(b"aws-cloudhsm > ")
-
-    def _read_until(self, marker: bytes, timeout: float = 30.0) -> bytes:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        while marker not in self.buffer:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no {marker!r} in {self.buffer!r}"
-            ready, _, _ = select.select([self.process.stdout], [], [], remaining)
-            if ready:
-                chunk = os.read(self.process.stdout.fileno(), 65536)
-                assert chunk, f"cloudhsm-cli exited: {self.buffer!r}"
-                self.buffer += chunk
-        head, _, self.buffer = self.buffer.partition(marker)
-        return head
-
-    def run(self, line: str) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        self.process.stdin.flush()
-        output = self._read_until(b"aws-cloudhsm > ")
-        envelope = json.loads(output)
-        assert isinstance(envelope, dict)
-        return envelope
-
-    def quit(self) -> int:
-        assert self.process.stdin is not None
-        self.process.stdin.write(b"quit\n")
-        self.process.stdin.close()
-        status = self.process.wait(timeout=30)
-        assert self.process.stderr is not None
-        assert self.process.stdout is not None
-        errors = self.process.stderr.read()
-        self.process.stderr.close()
-        self.process.stdout.close()
-        assert b"Traceback" not in errors
-        return status
+def finish(shell: InteractiveCli) -> int:
+    """Quit the shell; it must not have crashed on the way. Returns its exit status."""
+    status = shell.close()
+    assert "Traceback" not in shell.errors
+    return status
 
 
 def test_quorum_key_registration_in_one_interactive_session(
-    cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Credentials], tmp_path: Path
+    interactive_cli: Callable[..., InteractiveCli],
+    crypto_user: Callable[[], Credentials],
+    tmp_path: Path,
 ) -> None:
     user = crypto_user()
     token_path = tmp_path / "registration.json"
-    cli = InteractiveCli(cloudhsm_cluster.config_path)
+    cli = interactive_cli()
     try:
-        login = cli.run(
-            f"login --username {user.username} --role crypto-user --password {user.password}"
-        )
+        login = cli(
+            "login", "--username", user.username, "--role", "crypto-user",
+            "--password", user.password,
+        )  # fmt: skip
         assert login == {
             "error_code": 0,
             "data": {"username": user.username, "role": "crypto-user"},
         }
-        generated = cli.run(
-            f"quorum token-sign generate --service registration --token {token_path}"
-        )
+        generated = cli(
+            "quorum", "token-sign", "generate", "--service", "registration",
+            "--token", str(token_path),
+        )  # fmt: skip
         assert generated == {"error_code": 0, "data": {"filepath": str(token_path)}}
         document = json.loads(token_path.read_text())
         assert document["version"] == "2.0"
@@ -117,24 +62,26 @@ def test_quorum_key_registration_in_one_interactive_session(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
-        registered = cli.run(
-            f"user change-quorum token-sign register --public-key {public_path} --signed-token {token_path}"
+        register = ["user", "change-quorum", "token-sign", "register"]
+        registered = cli(
+            *register, "--public-key", str(public_path), "--signed-token", str(token_path)
         )
         assert registered == {
             "error_code": 0,
             "data": {"username": user.username, "role": "crypto-user"},
         }
-        unsigned = cli.run(
-            f"user change-quorum token-sign register --public-key {public_path} --signed-token {tmp_path / 'none.json'}"
-        )
+        unsigned = cli(
+            *register,
+            "--public-key", str(public_path), "--signed-token", str(tmp_path / "none.json"),
+        )  # fmt: skip
         assert unsigned == {
             "error_code": 1,
             "data": f"Signed token file {tmp_path / 'none.json'} does not exist",
         }
-        listed = cli.run("quorum token-sign list")
+        listed = cli("quorum", "token-sign", "list")
         assert listed["error_code"] == 0
     finally:
-        status = cli.quit()
+        status = finish(cli)
     assert status == 0
 
 
@@ -223,7 +170,7 @@ def test_mtls_enforcement_needs_an_mtls_connection(admin_cli: CloudHsmCli) -> No
 
 
 def test_mfa_token_sign_enable_and_deregister(
-    cloudhsm_cluster: ClusterUnderTest,
+    interactive_cli: Callable[..., InteractiveCli],
     crypto_user: Callable[[], Credentials],
     admin_cli: CloudHsmCli,
     tmp_path: Path,
@@ -237,16 +184,16 @@ def test_mfa_token_sign_enable_and_deregister(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    cli = InteractiveCli(cloudhsm_cluster.config_path)
+    cli = interactive_cli()
     try:
-        cli.run(f"login --username {user.username} --role crypto-user --password {user.password}")
-        assert cli.process.stdin is not None
-        cli.process.stdin.write(
-            f"user change-mfa token-sign --username {user.username} --role crypto-user "
-            f"--token {token_path}\n".encode()
-        )
-        cli.process.stdin.flush()
-        cli._read_until(b"(press enter if same as the unsigned token file):")
+        cli.login(user)
+        cli.send_line(
+            shlex.join(
+                ["user", "change-mfa", "token-sign", "--username", user.username,
+                 "--role", "crypto-user", "--token", str(token_path)]
+            )
+        )  # fmt: skip
+        cli.read_until("(press enter if same as the unsigned token file):")
         document = json.loads(token_path.read_text())
         entry = document["tokens"][0]
         unsigned = base64.b64decode(entry["unsigned"])
@@ -254,18 +201,16 @@ def test_mfa_token_sign_enable_and_deregister(
             key.sign(unsigned, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
         ).decode()
         token_path.write_text(json.dumps(document))
-        cli.process.stdin.write(b"\n")
-        cli.process.stdin.flush()
-        cli._read_until(b"Enter public key PEM file path:")
-        cli.process.stdin.write(f"{public_path}\n".encode())
-        cli.process.stdin.flush()
-        envelope = json.loads(cli._read_until(b"aws-cloudhsm > "))
+        cli.send_line("")
+        cli.read_until("Enter public key PEM file path:")
+        cli.send_line(str(public_path))
+        envelope = cli.read_envelope()
         assert envelope == {
             "error_code": 0,
             "data": {"username": user.username, "role": "crypto-user"},
         }
     finally:
-        cli.quit()
+        finish(cli)
     listed = {u["username"]: u for u in admin_cli.ok("user", "list")["users"]}
     assert listed[user.username]["mfa"] != []
     deregistered = admin_cli.ok(
@@ -284,7 +229,9 @@ def test_mfa_token_sign_enable_and_deregister(
 
 
 def test_key_usage_quorum_with_a_signed_approval(
-    cloudhsm_cluster: ClusterUnderTest, crypto_user: Callable[[], Credentials], tmp_path: Path
+    interactive_cli: Callable[..., InteractiveCli],
+    crypto_user: Callable[[], Credentials],
+    tmp_path: Path,
 ) -> None:
     user = crypto_user()
     approver = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -297,10 +244,18 @@ def test_key_usage_quorum_with_a_signed_approval(
     registration = tmp_path / "registration.json"
     approval = tmp_path / "approval.json"
     data = base64.b64encode(b"needs approval").decode()
-    cli = InteractiveCli(cloudhsm_cluster.config_path)
+    cli = interactive_cli()
     try:
-        cli.run(f"login --username {user.username} --role crypto-user --password {user.password}")
-        cli.run(f"quorum token-sign generate --service registration --token {registration}")
+        cli.login(user)
+        cli(
+            "quorum",
+            "token-sign",
+            "generate",
+            "--service",
+            "registration",
+            "--token",
+            str(registration),
+        )
         document = json.loads(registration.read_text())
         entry = document["tokens"][0]
         entry["signed"] = base64.b64encode(
@@ -309,28 +264,33 @@ def test_key_usage_quorum_with_a_signed_approval(
             )
         ).decode()
         registration.write_text(json.dumps(document))
-        registered = cli.run(
-            f"user change-quorum token-sign register --public-key {public_path} --signed-token {registration}"
-        )
+        registered = cli(
+            "user", "change-quorum", "token-sign", "register",
+            "--public-key", str(public_path), "--signed-token", str(registration),
+        )  # fmt: skip
         assert registered["error_code"] == 0, registered
-        pair = cli.run(
-            "key generate-asymmetric-pair ec --curve secp256r1 --public-label q-pub --private-label q-priv "
-            "--private-attributes sign=true --use-private-key-quorum-value 1"
-        )
+        pair = cli(
+            "key", "generate-asymmetric-pair", "ec", "--curve", "secp256r1",
+            "--public-label", "q-pub", "--private-label", "q-priv",
+            "--private-attributes", "sign=true", "--use-private-key-quorum-value", "1",
+        )  # fmt: skip
         assert pair["error_code"] == 0, pair
         assert (
             pair["data"]["private_key"]["key-info"]["key-quorum-values"]["use-key-quorum-value"]
             == 1
         )
-        sign = (
-            f"crypto sign ecdsa --key-filter attr.label=q-priv --hash-function sha256 --data {data}"
-        )
-        refused = cli.run(sign)
+        sign = [
+            "crypto", "sign", "ecdsa", "--key-filter", "attr.label=q-priv",
+            "--hash-function", "sha256", "--data", data,
+        ]  # fmt: skip
+        refused = cli(*sign)
         assert refused == {
             "error_code": 1,
             "data": "Quorum approval is required for this operation",
         }
-        generated = cli.run(f"quorum token-sign generate --service key-usage --token {approval}")
+        generated = cli(
+            "quorum", "token-sign", "generate", "--service", "key-usage", "--token", str(approval)
+        )
         assert generated["error_code"] == 0, generated
         token = json.loads(approval.read_text())
         assert token["signatures"] == []
@@ -344,9 +304,9 @@ def test_key_usage_quorum_with_a_signed_approval(
             }
         )
         approval.write_text(json.dumps(token))
-        approved = cli.run(f"{sign} --approval {approval}")
+        approved = cli(*sign, "--approval", str(approval))
         assert approved["error_code"] == 0, approved
-        reused = cli.run(f"{sign} --approval {approval}")
+        reused = cli(*sign, "--approval", str(approval))
         assert reused["error_code"] == 1
     finally:
-        cli.quit()
+        finish(cli)
