@@ -122,6 +122,14 @@ KEY_USING_OPS: dict[str, tuple[str, ...]] = {
     Op.KEY_DERIVE: ("base_key",),
 }
 
+#: Ops that read one key by reference without using it. They go to an HSM that holds the
+#: key (like :data:`KEY_USING_OPS`) but are not subject to the key availability check,
+#: which guards the use of a key that might still be lost (spec §2.7), not looking at it.
+KEY_READING_OPS: dict[str, tuple[str, ...]] = {
+    Op.KEY_GET: ("key_reference",),
+    Op.KEY_EXPORT_PUBLIC: ("key_reference",),
+}
+
 #: Arguments that carry quorum approvals (tokens that exist on one HSM only).
 APPROVAL_ARGUMENTS = ("approval", "wrapping_approval", "payload_approval")
 
@@ -662,8 +670,20 @@ class ClusterView:
         self, op: str, args: dict[str, Any] | None = None, *, member: HsmMember | None = None
     ) -> Any:
         """Send one request to one HSM (``member`` or the least loaded), failing over
-        idempotent requests to another HSM when a channel breaks."""
+        idempotent requests to another HSM when a channel breaks.
+
+        Without ``member``, a read of one key (:data:`KEY_READING_OPS`) goes to an HSM that
+        holds the key, and a ``key.find`` that finds nothing asks the other HSMs too: a key
+        not yet on every HSM (sync lag) is still found wherever it is."""
         args = dict(args or {})
+        if member is None and op in KEY_READING_OPS:
+            return await self._on_holder(op, args)
+        if member is None and op == Op.KEY_FIND:
+            return await self._find(args)
+        return await self._send(op, args, member)
+
+    async def _send(self, op: str, args: dict[str, Any], member: HsmMember | None = None) -> Any:
+        """:meth:`call` without routing by key: ``member`` or the home of the request."""
         if member is None:
             member = self._home_for(op, args)
         tried: list[HsmMember] = []
@@ -700,8 +720,25 @@ class ClusterView:
 
         return list(await asyncio.gather(*(one(member) for member in targets)))
 
+    async def _find(self, args: dict[str, Any]) -> Any:
+        """``key.find`` on the least-loaded HSM; when it finds nothing, on the others as
+        well (the union of what they find, by reference), so a key made through one HSM
+        and not yet synced is found."""
+        first = self._home_for(Op.KEY_FIND, args)
+        result = await self._send(Op.KEY_FIND, args, first)
+        others = [m for m in self._candidates() if m is not first]
+        if not isinstance(result, dict) or result.get("keys") or not others:
+            return result
+        found: dict[int, Any] = {}
+        for outcome in await self.fan_out(Op.KEY_FIND, args, members=others):
+            if outcome.ok and isinstance(outcome.result, dict):
+                for key in outcome.result.get("keys") or ():
+                    if isinstance(key, dict) and isinstance(key.get("key-reference"), int):
+                        found.setdefault(key["key-reference"], key)
+        return {**result, "keys": [found[reference] for reference in sorted(found)]}
+
     def _home_for(self, op: str, args: dict[str, Any]) -> HsmMember:
-        for name in (*KEY_USING_OPS.get(op, ()), "key_reference"):
+        for name in (*_key_arguments(op), "key_reference"):
             reference = args.get(name)
             if isinstance(reference, int):
                 home = self._session_key_home.get(reference)
@@ -845,18 +882,24 @@ class ClusterView:
             self._available[reference] = now
 
     async def use_key(self, op: str, args: dict[str, Any]) -> Any:
-        """A request that uses keys: availability check, then the least-loaded HSM; if that
-        HSM does not hold the key yet (made elsewhere, not synced), one that does."""
+        """A request that uses or reads keys: the availability check (for uses only, see
+        :data:`KEY_READING_OPS`), then the least-loaded HSM; if that HSM does not hold the
+        key yet (made elsewhere, not synced), one that does."""
         if self.key_availability_check:
             await self.require_available(args, op)
         if op in KEY_CREATING_OPS:
             return await self.create_key(op, args)
+        return await self._on_holder(op, args)
+
+    async def _on_holder(self, op: str, args: dict[str, Any]) -> Any:
+        """The least-loaded HSM, else one holding every key the request names; when none
+        does, the first HSM's own refusal (``INVALID_HANDLE``: key not found)."""
         try:
-            return await self.call(op, args)
+            return await self._send(op, args)
         except HsmStatusError as exc:
             if exc.status != Status.INVALID_HANDLE:
                 raise
-            for name in KEY_USING_OPS.get(op, ()):
+            for name in _key_arguments(op):
                 if isinstance(args.get(name), int):
                     self._available.pop(args[name], None)
             holders = await self._holders_of_all(op, args)
@@ -868,7 +911,7 @@ class ClusterView:
     async def _holders_of_all(self, op: str, args: dict[str, Any]) -> list[HsmMember]:
         """The HSMs that hold every key a request names."""
         holders: list[HsmMember] | None = None
-        for name in KEY_USING_OPS.get(op, ()):
+        for name in _key_arguments(op):
             reference = args.get(name)
             if not isinstance(reference, int):
                 continue
@@ -902,6 +945,11 @@ class ClusterView:
         if refused:
             raise _first_error(refused)
         return accepted[0].result
+
+
+def _key_arguments(op: str) -> tuple[str, ...]:
+    """The arguments of ``op`` that name keys it uses or reads."""
+    return KEY_USING_OPS.get(op) or KEY_READING_OPS.get(op, ())
 
 
 def _announced_members(result: Any) -> list[tuple[str, ServerEntry]]:

@@ -476,7 +476,7 @@ class AsyncSession:
         return keys[0]
 
     async def get_key(self, key: KeyLike) -> Key:
-        result = await self.view.call(Op.KEY_GET, {"key_reference": _ref(key)})
+        result = await self.view.use_key(Op.KEY_GET, {"key_reference": _ref(key)})
         return Key.from_wire(result["key"])
 
     async def delete_key(self, key: KeyLike) -> None:
@@ -495,8 +495,9 @@ class AsyncSession:
         await self.view.change_key(Op.KEY_SET_ATTRIBUTE, call)
 
     async def export_public_key(self, key: KeyLike) -> bytes:
-        """The PEM of a public key."""
-        result = await self.view.call(Op.KEY_EXPORT_PUBLIC, {"key_reference": _ref(key)})
+        """The PEM of a public key (of a key pair's public or private key), from an HSM
+        that holds the key; :class:`client.errors.InvalidHandle` when no reachable HSM does."""
+        result = await self.view.use_key(Op.KEY_EXPORT_PUBLIC, {"key_reference": _ref(key)})
         return bytes(result["pem"])
 
     # -- cryptography --------------------------------------------------------------------------
