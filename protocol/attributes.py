@@ -69,6 +69,8 @@ KEY_TYPES: dict[str, int] = {
     "generic-secret": 0x10,
     "des3": 0x15,
     "aes": 0x1F,
+    # CKK_ML_DSA (PKCS#11 3.2); CloudHSM added ML-DSA keys for hsm2m.medium.
+    "mldsa": 0x4A,
 }
 
 #: Curve names the CLI accepts, mapped to the canonical name the HSM reports.

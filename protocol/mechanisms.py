@@ -115,6 +115,13 @@ MECHANISMS: dict[str, MechanismSpec] = {
             },
         ),
         _m(
+            "ml-dsa",
+            0x1D,
+            (SIGN, VERIFY),
+            ("mldsa",),
+            "ML-DSA (FIPS 204, pure, empty context) over raw data or a 64-byte external mu",
+        ),
+        _m(
             "rsa-x-509",
             0x3,
             (SIGN, VERIFY, ENCRYPT, DECRYPT),
@@ -205,6 +212,13 @@ MECHANISMS: dict[str, MechanismSpec] = {
         # -- generation (PKCS#11 only; the CLI names the key type instead) -------
         _m("rsa-pkcs-key-pair-gen", 0x0, (GENERATE,), ("rsa",), "RSA key pair generation"),
         _m("ec-key-pair-gen", 0x1040, (GENERATE,), ("ec",), "EC key pair generation"),
+        _m(
+            "ml-dsa-key-pair-gen",
+            0x1C,
+            (GENERATE,),
+            ("mldsa",),
+            "ML-DSA key pair generation (hsm2m.medium only)",
+        ),
         _m("aes-key-gen", 0x1080, (GENERATE,), ("aes",), "AES key generation"),
         _m(
             "generic-secret-key-gen",

@@ -155,7 +155,8 @@ SHAPES: dict[Op, OpShape] = {
         "{key: key object}",
     ),
     Op.KEY_GENERATE_PAIR: OpShape(
-        "{key_type: rsa|ec, modulus_size_bits?, public_exponent?: int, curve?, public_label?, "
+        "{key_type: rsa|ec|mldsa, modulus_size_bits?, public_exponent?: int, curve?, "
+        "mldsa_algorithm?: ML-DSA-44|ML-DSA-65|ML-DSA-87 (hsm2m.medium only), public_label?, "
         "private_label?, session?: bool, public_attributes?, private_attributes?, share_with?, "
         "manage_quorum?, use_quorum?}",
         "{public_key: key object, private_key: key object}",
@@ -198,8 +199,9 @@ SHAPES: dict[Op, OpShape] = {
         "{}", "{keys: {key_reference: digest bytes}} (token keys; for sync and coverage)"
     ),
     Op.CRYPTO_SIGN: OpShape(
-        "{key_reference, mechanism: rsa-pkcs|rsa-pkcs-pss|ecdsa|rsa-x-509, hash?: "
-        "sha1..sha512, data: bytes, data_type?: raw|digest, mgf?, salt_length?, approval?}",
+        "{key_reference, mechanism: rsa-pkcs|rsa-pkcs-pss|ecdsa|rsa-x-509|ml-dsa, hash?: "
+        "sha1..sha512, data: bytes, data_type?: raw|digest (ml-dsa: raw|external-mu), mgf?, "
+        "salt_length?, approval?}",
         "{signature: bytes}",
     ),
     Op.CRYPTO_VERIFY: OpShape(

@@ -666,7 +666,13 @@ def test_registry_names_the_cloudhsm_vendor_mechanisms() -> None:
         "aes-zero-pad",
         "rsa-aes",
     }
-    assert set(mechanisms_for("sign")) == {"rsa-pkcs", "rsa-pkcs-pss", "ecdsa", "rsa-x-509"}
+    assert set(mechanisms_for("sign")) == {
+        "rsa-pkcs",
+        "rsa-pkcs-pss",
+        "ecdsa",
+        "rsa-x-509",
+        "ml-dsa",
+    }
 
 
 # -- properties ---------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """``key generate-symmetric|generate-asymmetric-pair|list|delete|share|unshare|set-attribute|
 import pem|generate-file``.
 
+``key generate-asymmetric-pair`` takes ``rsa``, ``ec`` and ``ml-dsa`` (``--mldsa-algorithm
+ML-DSA-44|ML-DSA-65|ML-DSA-87``; the HSM refuses ML-DSA on hsm1.medium).
+
 Single-key commands select their key with a filter that must match exactly one key the
 user can see; ``key list`` pages through every match with ``--max-items`` and
 ``--starting-token``.
@@ -27,6 +30,9 @@ from client.cluster import ClusterView
 from protocol.ops import Op
 
 CURVES = ("prime256v1", "secp256r1", "secp224r1", "secp384r1", "secp256k1", "secp521r1")
+
+#: ``--mldsa-algorithm`` values (FIPS 204 parameter sets; hsm2m.medium clusters only).
+MLDSA_ALGORITHMS = ("ML-DSA-44", "ML-DSA-65", "ML-DSA-87")
 
 
 async def find_keys(view: ClusterView, key_filter: KeyFilter) -> list[dict[str, Any]]:
@@ -146,6 +152,11 @@ async def generate_rsa(ctx: CliContext, args: argparse.Namespace) -> Any:
 
 async def generate_ec(ctx: CliContext, args: argparse.Namespace) -> Any:
     return await generate_pair(ctx, args, {"key_type": "ec", "curve": args.curve})
+
+
+async def generate_mldsa(ctx: CliContext, args: argparse.Namespace) -> Any:
+    call_args = {"key_type": "mldsa", "mldsa_algorithm": args.mldsa_algorithm}
+    return await generate_pair(ctx, args, call_args)
 
 
 def _merge_listing(outcomes: list[Any], verbose: bool) -> list[dict[str, Any]]:
@@ -378,7 +389,11 @@ def register(root: CommandGroup) -> CommandGroup:
     rsa.add_argument("--public-exponent", required=True, type=positive_int, dest="public_exponent")
     ec = pair.command("ec", "Generate an EC key pair", generate_ec)
     ec.add_argument("--curve", required=True, choices=CURVES)
-    for leaf in (rsa, ec):
+    mldsa = pair.command("ml-dsa", "Generate an ML-DSA key pair", generate_mldsa)
+    mldsa.add_argument(
+        "--mldsa-algorithm", required=True, choices=MLDSA_ALGORITHMS, dest="mldsa_algorithm"
+    )
+    for leaf in (rsa, ec, mldsa):
         leaf.add_argument("--public-label", required=True, dest="public_label")
         leaf.add_argument("--private-label", required=True, dest="private_label")
         leaf.add_argument("--public-attributes", nargs="+", dest="public_attributes")
@@ -387,6 +402,10 @@ def register(root: CommandGroup) -> CommandGroup:
         leaf.add_argument(
             "--manage-private-key-quorum-value", type=int, dest="manage_private_key_quorum_value"
         )
+        if leaf is mldsa:
+            # The ml-dsa page documents no use quorum for the private key.
+            leaf.set_defaults(use_private_key_quorum_value=None)
+            continue
         leaf.add_argument(
             "--use-private-key-quorum-value", type=int, dest="use_private_key_quorum_value"
         )

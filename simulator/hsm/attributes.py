@@ -18,7 +18,10 @@ CloudHSM CLI attribute table (spec 5.1):
 * one-way changes: ``token`` and ``sensitive`` only false→true,
   ``modifiable`` only true→false, ``wrap-with-trusted`` read-only once true,
   ``trusted`` by admins only, ``id`` only on hsm2m.medium, ``derive`` not on
-  RSA keys of hsm1.medium; a key with ``modifiable`` false refuses every change.
+  RSA keys of hsm1.medium; a key with ``modifiable`` false refuses every change;
+* ML-DSA (``mldsa``) keys exist on hsm2m.medium only (MECHANISM_INVALID on
+  hsm1.medium, for every way a key is created) and only sign and verify: no
+  ``encrypt``, ``decrypt``, ``wrap``, ``unwrap`` or ``derive``.
 
 Every function returns a new dict and leaves its inputs alone, so a refused
 change changes nothing.
@@ -48,6 +51,14 @@ FORBIDDEN_FLAGS: dict[str, tuple[str, ...]] = {
     "private-key": ("encrypt", "verify", "wrap"),
     "secret-key": (),
 }
+
+#: Usage flags that may never be true for a key of this type (signature-only keys).
+FORBIDDEN_TYPE_FLAGS: dict[str, tuple[str, ...]] = {
+    "mldsa": ("encrypt", "decrypt", "wrap", "unwrap", "derive"),
+}
+
+#: Key types an hsm1.medium does not offer, with the HSM type that does.
+HSM2M_ONLY_KEY_TYPES: dict[str, str] = {"mldsa": "ML-DSA"}
 
 #: Attributes every key object carries, in the CLI's order of appearance.
 _BOOLEAN_DEFAULTS: dict[str, bool] = {
@@ -126,6 +137,19 @@ def _check_fit(
             raise HsmError(status, f"A {key_class} cannot have {flag} set to true")
     if key_type == "rsa" and hsm_type == HSM1 and attrs.get("derive") is True:
         raise HsmError(status, "RSA keys cannot have derive set to true on hsm1.medium")
+    for flag in FORBIDDEN_TYPE_FLAGS.get(key_type, ()):
+        if attrs.get(flag) is True:
+            raise HsmError(status, f"A {key_type} key cannot have {flag} set to true")
+
+
+def check_key_type_available(key_type: str, hsm_type: str) -> None:
+    """ML-DSA keys exist on hsm2m.medium only: an hsm1.medium refuses to create one."""
+    algorithm = HSM2M_ONLY_KEY_TYPES.get(key_type)
+    if algorithm is not None and hsm_type == HSM1:
+        raise HsmError(
+            Status.MECHANISM_INVALID,
+            f"{algorithm} keys are only supported on hsm2m.medium, not hsm1.medium",
+        )
 
 
 def creation_attributes(
@@ -146,6 +170,7 @@ def creation_attributes(
     Derived values (``check-value``, ``key-length-bytes``, ``modulus``,
     ``ec-point``...) come from :func:`simulator.hsm.material.derived_attributes`.
     """
+    check_key_type_available(key_type, hsm_type)
     attrs = default_attributes(key_class, key_type)
     for name, raw in template.items():
         spec = _spec(name)

@@ -1221,14 +1221,17 @@ class Hsm:
 
     def _key_generate_pair(self, session: Session, args: Mapping[str, Any]) -> Any:
         assert session.username is not None
-        key_type = arg.choice(args, "key_type", ("rsa", "ec"))
+        key_type = arg.choice(args, "key_type", ("rsa", "ec", "mldsa"))
         modulus = arg.integer(args, "modulus_size_bits", low=1, high=16384, required=False)
         exponent = arg.integer(args, "public_exponent", low=1, high=2**64 - 1, required=False)
         curve = arg.text(args, "curve", required=False, max_len=64)
+        algorithm = arg.text(args, "mldsa_algorithm", required=False, max_len=64)
         if key_type == "rsa" and modulus is None:
             raise HsmError(Status.INVALID_ARGUMENT, "missing argument modulus_size_bits")
         if key_type == "ec" and curve is None:
             raise HsmError(Status.INVALID_ARGUMENT, "missing argument curve")
+        if key_type == "mldsa" and algorithm is None:
+            raise HsmError(Status.INVALID_ARGUMENT, "missing argument mldsa_algorithm")
         session_flag = arg.flag(args, "session")
         public_template = self._template(args, "public_attributes", "public_label", session_flag)
         private_template = self._template(args, "private_attributes", "private_label", session_flag)
@@ -1247,7 +1250,11 @@ class Hsm:
             )
         self._keys.check_quota(asymmetric=2)
         public, private = generate_pair(
-            key_type, modulus_size_bits=modulus, public_exponent=exponent, curve=curve
+            key_type,
+            modulus_size_bits=modulus,
+            public_exponent=exponent,
+            curve=curve,
+            mldsa_algorithm=algorithm,
         )
         owner = session.username
         public_record = self._new_record(owner, session, public, public_attrs)
@@ -1263,7 +1270,9 @@ class Hsm:
     def _key_import(self, session: Session, args: Mapping[str, Any]) -> Any:
         assert session.username is not None
         key_class = arg.choice(args, "key_class", ("public-key", "private-key", "secret-key"))
-        key_type = arg.choice(args, "key_type", ("aes", "generic-secret", "des3", "rsa", "ec"))
+        key_type = arg.choice(
+            args, "key_type", ("aes", "generic-secret", "des3", "rsa", "ec", "mldsa")
+        )
         pem = arg.blob(args, "pem", required=False, max_len=64 * 1024)
         value = arg.blob(args, "value", required=False, max_len=64 * 1024)
         session_flag = arg.flag(args, "session")
@@ -1291,7 +1300,9 @@ class Hsm:
         unwrapping = self._keys.usable(arg.handle(args, "unwrapping_key"), session.username)
         wrapped = arg.blob(args, "wrapped_key_data", max_len=64 * 1024)
         key_class = arg.choice(args, "key_class", ("private-key", "secret-key", "public-key"))
-        key_type = arg.choice(args, "key_type", ("aes", "generic-secret", "des3", "rsa", "ec"))
+        key_type = arg.choice(
+            args, "key_type", ("aes", "generic-secret", "des3", "rsa", "ec", "mldsa")
+        )
         params = arg.mapping(args, "params") or {}
         session_flag = arg.flag(args, "session")
         template = self._template(args, "attributes", "label", session_flag)

@@ -8,7 +8,9 @@ for public keys. Everything here is stateless; the HSM core stores the material
 Sizes follow the CloudHSM key table (spec 5.3): AES 16/24/32 bytes, generic
 secret 1–800 bytes, 3DES 24 bytes, RSA 2048–4096 bits in steps of 256 with an
 odd public exponent ≥ 65537, EC on secp224r1, secp256r1 (prime256v1),
-secp256k1, secp384r1 and secp521r1.
+secp256k1, secp384r1 and secp521r1. ML-DSA (FIPS 204) pairs come in the three
+parameter sets ML-DSA-44, ML-DSA-65 and ML-DSA-87; their private keys are kept as
+the seed-form PKCS#8 that ``cryptography`` writes.
 
 Parsed key objects are cached by their DER (:func:`private_key_object`,
 :func:`public_key_object`) because loading an RSA private key validates it,
@@ -27,7 +29,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from protocol.attributes import CURVE_ALIASES
@@ -35,7 +37,7 @@ from protocol.status import Status
 from simulator.errors import HsmError
 
 SECRET_TYPES = ("aes", "generic-secret", "des3")
-ASYMMETRIC_TYPES = ("rsa", "ec")
+ASYMMETRIC_TYPES = ("rsa", "ec", "mldsa")
 KEY_CLASSES = ("secret-key", "private-key", "public-key")
 
 AES_LENGTHS = (16, 24, 32)
@@ -55,6 +57,21 @@ CURVES: dict[str, type[ec.EllipticCurve]] = {
     "secp521r1": ec.SECP521R1,
 }
 
+#: ML-DSA parameter set (as ``--mldsa-algorithm`` spells it) -> private key class.
+MLDSA_ALGORITHMS: dict[
+    str,
+    type[mldsa.MLDSA44PrivateKey] | type[mldsa.MLDSA65PrivateKey] | type[mldsa.MLDSA87PrivateKey],
+] = {
+    "ML-DSA-44": mldsa.MLDSA44PrivateKey,
+    "ML-DSA-65": mldsa.MLDSA65PrivateKey,
+    "ML-DSA-87": mldsa.MLDSA87PrivateKey,
+}
+
+MLDSAPrivateKey = mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey
+MLDSAPublicKey = mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | MLDSAPrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | MLDSAPublicKey
+
 _PKCS8 = serialization.PrivateFormat.PKCS8
 _DER = serialization.Encoding.DER
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -65,7 +82,7 @@ _NO_ENC = serialization.NoEncryption()
 class KeyMaterial:
     """The secret part of a key object. ``repr`` never shows the value."""
 
-    key_type: str  # "aes" | "generic-secret" | "des3" | "rsa" | "ec"
+    key_type: str  # "aes" | "generic-secret" | "des3" | "rsa" | "ec" | "mldsa"
     key_class: str  # "secret-key" | "private-key" | "public-key"
     value: bytes
 
@@ -162,15 +179,29 @@ def check_rsa_parameters(modulus_size_bits: int, public_exponent: int) -> None:
         )
 
 
+def mldsa_class(
+    algorithm: str,
+) -> type[mldsa.MLDSA44PrivateKey] | type[mldsa.MLDSA65PrivateKey] | type[mldsa.MLDSA87PrivateKey]:
+    """The private key class of an ML-DSA parameter set; refuses any other name."""
+    try:
+        return MLDSA_ALGORITHMS[algorithm]
+    except KeyError:
+        raise HsmError(
+            Status.ATTRIBUTE_INVALID,
+            f"Unsupported ML-DSA algorithm: {algorithm} (supported: {', '.join(MLDSA_ALGORITHMS)})",
+        ) from None
+
+
 def generate_pair(
     key_type: str,
     *,
     modulus_size_bits: int | None = None,
     public_exponent: int | None = None,
     curve: str | None = None,
+    mldsa_algorithm: str | None = None,
 ) -> tuple[KeyMaterial, KeyMaterial]:
     """A fresh key pair as ``(public, private)``."""
-    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    private: PrivateKey
     if key_type == "rsa":
         if modulus_size_bits is None:
             raise HsmError(Status.INVALID_ARGUMENT, "modulus-size-bits is required for rsa keys")
@@ -185,14 +216,16 @@ def generate_pair(
         if curve is None:
             raise HsmError(Status.INVALID_ARGUMENT, "curve is required for ec keys")
         private = ec.generate_private_key(CURVES[canonical_curve(curve)]())
+    elif key_type == "mldsa":
+        if mldsa_algorithm is None:
+            raise HsmError(Status.INVALID_ARGUMENT, "mldsa-algorithm is required for mldsa keys")
+        private = mldsa_class(mldsa_algorithm).generate()
     else:
         raise HsmError(Status.INVALID_ARGUMENT, f"Not an asymmetric key type: {key_type}")
     return _pair_from_private(key_type, private)
 
 
-def _pair_from_private(
-    key_type: str, private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-) -> tuple[KeyMaterial, KeyMaterial]:
+def _pair_from_private(key_type: str, private: PrivateKey) -> tuple[KeyMaterial, KeyMaterial]:
     private_der = private.private_bytes(_DER, _PKCS8, _NO_ENC)
     public_der = private.public_key().public_bytes(_DER, _SPKI)
     return (
@@ -300,14 +333,17 @@ def _asymmetric_type(key: object) -> str | None:
         return "rsa"
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         return "ec"
+    if isinstance(key, MLDSAPrivateKey | MLDSAPublicKey):
+        return "mldsa"
     return None
 
 
-def _check_asymmetric(key_type: str, key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> None:
+def _check_asymmetric(key_type: str, key: PublicKey) -> None:
+    # ML-DSA keys have nothing to check: cryptography parses only the three parameter sets.
     if isinstance(key, rsa.RSAPublicKey):
         numbers = key.public_numbers()
         check_rsa_parameters(key.key_size, numbers.e)
-    elif key.curve.name not in CURVES:
+    elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in CURVES:
         raise HsmError(Status.ATTRIBUTE_INVALID, f"Unsupported curve: {key.curve.name}")
 
 
@@ -325,7 +361,7 @@ def public_material(key_type: str, *, pem: bytes | None, der: bytes | None) -> K
         raise HsmError(Status.ATTRIBUTE_INVALID, "Unsupported public key algorithm")
     if found != key_type:
         raise HsmError(Status.TEMPLATE_INCONSISTENT, f"The key is an {found} key, not {key_type}")
-    assert isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+    assert isinstance(key, PublicKey)
     _check_asymmetric(key_type, key)
     return KeyMaterial(key_type, "public-key", key.public_bytes(_DER, _SPKI))
 
@@ -348,7 +384,7 @@ def private_material(key_type: str, *, pem: bytes | None, der: bytes | None) -> 
         raise HsmError(Status.ATTRIBUTE_INVALID, "Unsupported private key algorithm")
     if found != key_type:
         raise HsmError(Status.TEMPLATE_INCONSISTENT, f"The key is an {found} key, not {key_type}")
-    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    assert isinstance(key, PrivateKey)
     _check_asymmetric(key_type, key.public_key())
     return KeyMaterial(key_type, "private-key", key.private_bytes(_DER, _PKCS8, _NO_ENC))
 
@@ -357,29 +393,29 @@ def private_material(key_type: str, *, pem: bytes | None, der: bytes | None) -> 
 
 
 @functools.lru_cache(maxsize=512)
-def _load_private(value: bytes) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+def _load_private(value: bytes) -> PrivateKey:
     # Material reaching here was validated when it was generated or imported.
     key = serialization.load_der_private_key(
         value, password=None, unsafe_skip_rsa_key_validation=True
     )
-    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    assert isinstance(key, PrivateKey)
     return key
 
 
 @functools.lru_cache(maxsize=512)
-def _load_public(value: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+def _load_public(value: bytes) -> PublicKey:
     key = serialization.load_der_public_key(value)
-    assert isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+    assert isinstance(key, PublicKey)
     return key
 
 
-def private_key_object(material: KeyMaterial) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+def private_key_object(material: KeyMaterial) -> PrivateKey:
     if material.key_class != "private-key":
         raise HsmError(Status.MECHANISM_INVALID, "This operation needs a private key")
     return _load_private(material.value)
 
 
-def public_key_object(material: KeyMaterial) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+def public_key_object(material: KeyMaterial) -> PublicKey:
     """The public key of a public or private key material."""
     if material.key_class == "public-key":
         return _load_public(material.value)
@@ -431,7 +467,7 @@ def derived_attributes(material: KeyMaterial) -> dict[str, Any]:
     block; asymmetric keys, the first 3 bytes of SHA-1 of the public key's
     ``SubjectPublicKeyInfo`` DER, so both halves of a pair agree.
     ``key-length-bytes``: the secret length, or the DER length of the stored
-    form for asymmetric keys.
+    form for asymmetric keys (for ML-DSA public keys it tells the parameter set).
     """
     attrs: dict[str, Any] = {"key-length-bytes": len(material.value)}
     if material.key_class == "secret-key":
@@ -445,7 +481,9 @@ def derived_attributes(material: KeyMaterial) -> dict[str, Any]:
         attrs["modulus"] = _int_bytes(numbers.n, (public.key_size + 7) // 8)
         attrs["modulus-size-bits"] = public.key_size
         attrs["public-exponent"] = _int_bytes(numbers.e)
-    else:
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        # ML-DSA keys add nothing: their parameter set shows in key-length-bytes (the SPKI
+        # size), and CloudHSM documents no attribute for it.
         point = public.public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )

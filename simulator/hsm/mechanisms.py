@@ -11,6 +11,8 @@ Choices where CloudHSM is silent or the spec says (inferred) are in
 ``docs/keys.md``; the main ones: ECDSA signatures are ``r||s`` (the AWS CLI
 page for ``crypto verify ecdsa`` says so), AES-GCM ignores a caller IV on
 encryption and returns the HSM's own, and ``cloudhsm-aes-gcm`` refuses one.
+``ml-dsa`` signs the raw data (pure ML-DSA, empty context) or a 64-byte
+external mu (FIPS 204 §6.2), as ``crypto sign ml-dsa --data-type`` offers.
 
 Key wrap, unwrap and derivation live in :mod:`simulator.hsm.wrapping` and
 :mod:`simulator.hsm.derivation` and are re-exported here.
@@ -38,7 +40,13 @@ from protocol.status import Status
 from simulator.errors import HsmError
 from simulator.hsm import gcm
 from simulator.hsm.derivation import derive
-from simulator.hsm.material import KeyMaterial, private_key_object, public_key_object
+from simulator.hsm.material import (
+    KeyMaterial,
+    MLDSAPrivateKey,
+    MLDSAPublicKey,
+    private_key_object,
+    public_key_object,
+)
 from simulator.hsm.params import (
     check_data_limit,
     data_bytes,
@@ -197,8 +205,48 @@ def _pss(args: Mapping[str, Any], algorithm: hashes.HashAlgorithm, k: int) -> rs
     return rsa_padding.PSS(mgf=rsa_padding.MGF1(mgf), salt_length=salt)
 
 
+#: The external mu of ML-DSA (FIPS 204 §6.2) is always 64 bytes.
+MLDSA_MU_BYTES = 64
+
+_SIGNING_KEY_TYPES: dict[str, tuple[str, ...]] = {"ecdsa": ("ec",), "ml-dsa": ("mldsa",)}
+
+
 def _signing_key_types(mechanism: str) -> tuple[str, ...]:
-    return ("ec",) if mechanism == "ecdsa" else ("rsa",)
+    return _SIGNING_KEY_TYPES.get(mechanism, ("rsa",))
+
+
+def _mldsa_input(args: Mapping[str, Any]) -> tuple[bytes, bool]:
+    """The data to sign and whether it is an external mu (``data_type`` external-mu)."""
+    if args.get("hash") is not None:
+        raise HsmError(Status.INVALID_ARGUMENT, "ml-dsa takes no hash function")
+    data = data_bytes(args)
+    data_type = args.get("data_type", "raw")
+    if data_type == "raw":
+        return data, False
+    if data_type == "external-mu":
+        if len(data) != MLDSA_MU_BYTES:
+            raise HsmError(
+                Status.DATA_LEN_RANGE,
+                f"An ML-DSA external mu is {MLDSA_MU_BYTES} bytes, got {len(data)}",
+            )
+        return data, True
+    raise HsmError(Status.INVALID_ARGUMENT, "data_type must be raw or external-mu for ml-dsa")
+
+
+def _mldsa_sign(private: MLDSAPrivateKey, args: Mapping[str, Any]) -> bytes:
+    data, external = _mldsa_input(args)
+    return private.sign_mu(data) if external else private.sign(data)
+
+
+def _mldsa_verify(public: MLDSAPublicKey, signature: bytes, args: Mapping[str, Any]) -> None:
+    data, external = _mldsa_input(args)
+    try:
+        if external:
+            public.verify_mu(signature, data)
+        else:
+            public.verify(signature, data)
+    except InvalidSignature:
+        raise HsmError(Status.SIGNATURE_INVALID, "Signature verification failed") from None
 
 
 def sign(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) -> bytes:
@@ -207,6 +255,9 @@ def sign(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) ->
     require_key(key, mechanism, _signing_key_types(mechanism), "private-key")
     require_usage(attrs, "sign")
     private = private_key_object(key)
+    if mechanism == "ml-dsa":
+        assert isinstance(private, MLDSAPrivateKey)
+        return _mldsa_sign(private, args)
     if mechanism == "ecdsa":
         assert isinstance(private, ec.EllipticCurvePrivateKey)
         data, algorithm = _signing_input(args, required_hash(args, mechanism))
@@ -235,6 +286,10 @@ def verify(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) 
     require_usage(attrs, "verify")
     signature = data_bytes(args, "signature")
     public = public_key_object(key)
+    if mechanism == "ml-dsa":
+        assert isinstance(public, MLDSAPublicKey)
+        _mldsa_verify(public, signature, args)
+        return
     if mechanism == "ecdsa":
         assert isinstance(public, ec.EllipticCurvePublicKey)
         data, algorithm = _signing_input(args, required_hash(args, mechanism))
