@@ -766,7 +766,13 @@ class ClusterView:
         challenged = [(o, mfa_challenge(o.error)) for o in outcomes]
         pending = [(o.member, c) for o, c in challenged if c is not None]
         if pending and mfa_signer is not None:
-            signatures = await mfa_signer([unsigned for _, unsigned in pending])
+            try:
+                signatures = await mfa_signer([unsigned for _, unsigned in pending])
+            except BaseException:
+                # No signatures, no login: HSMs that took the password alone (the user has
+                # no MFA there) are logged out again, so a new login finds them clean.
+                await self._roll_back([o.member for o in outcomes if o.ok])
+                raise
             answered = await asyncio.gather(
                 *(
                     self.fan_out(
@@ -786,6 +792,11 @@ class ClusterView:
         self._credentials = _Credentials(username, role, password)
         result = accepted[0].result
         return dict(result) if isinstance(result, dict) else {"username": username, "role": role}
+
+    async def _roll_back(self, members: Sequence[HsmMember]) -> None:
+        """Log out of HSMs an unfinished login reached; their answers do not matter."""
+        if members:
+            await self.fan_out(Op.LOGOUT, {}, members=members)
 
     async def logout(self) -> None:
         if self._credentials is None:

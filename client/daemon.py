@@ -23,7 +23,11 @@ MFA logins keep the signing key in the application: ``view.login`` with ``mfa: t
 starts the login; when the HSMs challenge it the daemon answers ``{mfa_challenges: [32-byte
 tokens]}`` while the login waits, and the application completes it with
 ``view.login_mfa {signed: [signature per token]}`` (or ``{abandon: true}``), which the
-daemon answers with the login's own outcome.
+daemon answers with the login's own outcome. A login the application leaves waiting longer
+than the MFA timeout (``--mfa-timeout``, ``$CLOUDHSM_CLIENT_MFA_TIMEOUT``, default 600 s:
+the quorum token-sign ``generated`` timeout of spec §3.6) is abandoned as ``{abandon:
+true}`` abandons it; a later ``view.login_mfa`` is refused with ``LOGIN_FAILURE`` saying
+the login timed out (result ``{mfa_timeout_ms: N}``), and a new login may start.
 
 The socket is created mode 0600 (only the daemon's user); ``--socket-group`` makes it
 0660 for that group. Its directory must not be writable by others.
@@ -37,6 +41,7 @@ import contextlib
 import grp
 import itertools
 import logging
+import math
 import os
 import signal
 import stat
@@ -66,6 +71,12 @@ log = logging.getLogger(__name__)
 POOL_SIZE = 8
 #: Environment variable naming the daemon socket for applications.
 SOCKET_ENV = "CLOUDHSM_CLIENT_SOCKET"
+#: How long an MFA login waits for the application's signed tokens (seconds). CloudHSM
+#: gives a token-sign quorum token 600 s to be approved (spec §3.6, ``generated``); an MFA
+#: token is signed the same way, so it gets as long.
+MFA_TIMEOUT = 600.0
+#: Environment variable overriding :data:`MFA_TIMEOUT` (``--mfa-timeout`` overrides both).
+MFA_TIMEOUT_ENV = "CLOUDHSM_CLIENT_MFA_TIMEOUT"
 
 _VIEW_OPS = (
     "view.call",
@@ -87,6 +98,30 @@ def default_socket_path() -> Path:
     if runtime:
         return Path(runtime) / "cloudhsm-client.sock"
     return Path(f"/tmp/cloudhsm-client-{os.getuid()}") / "client.sock"  # noqa: S108 - private 0700 dir
+
+
+def mfa_timeout_seconds(text: str) -> float:
+    """An MFA timeout as given on the command line or in the environment: seconds > 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"the MFA timeout must be a number of seconds above 0, not {text!r}"
+        )
+    return seconds
+
+
+def default_mfa_timeout() -> float:
+    """``$CLOUDHSM_CLIENT_MFA_TIMEOUT``, else :data:`MFA_TIMEOUT`."""
+    explicit = os.environ.get(MFA_TIMEOUT_ENV)
+    if not explicit:
+        return MFA_TIMEOUT
+    try:
+        return mfa_timeout_seconds(explicit)
+    except argparse.ArgumentTypeError as exc:
+        raise ClientError(f"${MFA_TIMEOUT_ENV}: {exc}") from None
 
 
 def _refusal_wire(error: HsmStatusError) -> dict[str, Any]:
@@ -157,10 +192,12 @@ class DaemonServer:
         *,
         cluster_id: str | None = None,
         group: str | None = None,
+        mfa_timeout: float = MFA_TIMEOUT,
     ) -> None:
         self.config = config
         self.socket_path = socket_path
         self.group = group
+        self.mfa_timeout = mfa_timeout
         self.pool = ViewPool(config, cluster_id)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -195,7 +232,7 @@ class DaemonServer:
         task.add_done_callback(self._connections.discard)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        application = _Application(self.pool, writer)
+        application = _Application(self.pool, writer, self.mfa_timeout)
         decoder = MessageDecoder()
         try:
             while data := await reader.read(65536):
@@ -236,6 +273,8 @@ class _MfaLogin:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     tokens: list[bytes] = field(default_factory=list)
+    #: Abandons the login when the application has not answered in time.
+    expiry: asyncio.Task[None] | None = None
 
     async def sign(self, unsigned_tokens: Sequence[bytes]) -> list[bytes]:
         """The view's signer: hand the tokens to the application, wait for its answer."""
@@ -243,17 +282,31 @@ class _MfaLogin:
         self.challenged.set_result(self.tokens)
         return await self.signed
 
+    async def abandon(self, reason: str) -> None:
+        """End the login unfinished: nothing goes to the HSMs, the view stays logged out
+        (HSMs that took the password alone are logged out again by the view)."""
+        if self.expiry is not None and self.expiry is not asyncio.current_task():
+            self.expiry.cancel()
+        if not self.signed.done():
+            self.signed.set_exception(ClientError(reason))
+        with contextlib.suppress(ClientError):
+            await self.task
+
 
 class _Application:
     """One connected local process: its view (taken on first use) and requests in flight."""
 
-    def __init__(self, pool: ViewPool, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, pool: ViewPool, writer: asyncio.StreamWriter, mfa_timeout: float) -> None:
         self.pool = pool
         self.writer = writer
+        self.mfa_timeout = mfa_timeout
         self.view: ClusterView | None = None
         self._opening: asyncio.Lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._mfa: _MfaLogin | None = None
+        #: Why the last MFA login ended without the application (it timed out), told to
+        #: each ``view.login_mfa`` until a new login starts.
+        self._mfa_expired: str | None = None
 
     def start(self, request: Request) -> None:
         task = asyncio.ensure_future(self._answer(request))
@@ -292,6 +345,7 @@ class _Application:
             return await self._complete_mfa(args)
         view = await self._view()
         if op == "view.login":
+            self._mfa_expired = None
             username, role, password = (
                 str(args["username"]),
                 str(args["role"]),
@@ -338,12 +392,34 @@ class _Application:
             pending.challenged.cancel()
             return pending.task.result()
         self._mfa = pending
+        pending.expiry = asyncio.ensure_future(self._expire(pending))
         return {"mfa_challenges": list(pending.tokens)}
+
+    async def _expire(self, pending: _MfaLogin) -> None:
+        """Abandon ``pending`` if the application has not answered within the timeout."""
+        await asyncio.sleep(self.mfa_timeout)
+        if self._mfa is not pending:
+            return
+        self._mfa = None
+        self._mfa_expired = (
+            f"The MFA login timed out: no signed tokens came within {self.mfa_timeout:g} "
+            "seconds, so it was abandoned; start a new login"
+        )
+        log.info("an MFA login waited %gs for signed tokens and was abandoned", self.mfa_timeout)
+        await pending.abandon("the MFA login timed out")
 
     async def _complete_mfa(self, args: dict[str, Any]) -> dict[str, Any]:
         """The application's signatures for the waiting login; the login's outcome."""
         pending = self._mfa
         if pending is None:
+            if self._mfa_expired is not None:
+                if args.get("abandon") is True:
+                    return {}  # what the application asked for has already happened
+                raise status_error(
+                    Status.LOGIN_FAILURE,
+                    self._mfa_expired,
+                    {"mfa_timeout_ms": round(self.mfa_timeout * 1000)},
+                )
             raise status_error(Status.INVALID_ARGUMENT, "No MFA login is waiting for signed tokens")
         self._mfa = None
         signed = args.get("signed")
@@ -353,9 +429,7 @@ class _Application:
             or not all(isinstance(s, bytes) and s for s in signed)
         ):
             # Nothing goes to the HSMs: the login ends unfinished, the view stays logged out.
-            pending.signed.set_exception(ClientError("the application abandoned the MFA login"))
-            with contextlib.suppress(ClientError):
-                await pending.task
+            await pending.abandon("the application abandoned the MFA login")
             if args.get("abandon") is True:
                 return {}
             raise status_error(
@@ -363,11 +437,15 @@ class _Application:
                 f"signed must list {len(pending.tokens)} non-empty signatures, one per token "
                 "(the MFA login is abandoned)",
             )
+        if pending.expiry is not None:
+            pending.expiry.cancel()
         pending.signed.set_result(list(signed))
         return await pending.task
 
     async def finish(self) -> None:
         if self._mfa is not None:
+            if self._mfa.expiry is not None:
+                self._mfa.expiry.cancel()
             self._mfa.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._mfa.task
@@ -533,17 +611,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket-group", dest="socket_group", help="Group allowed to use the socket (mode 0660)"
     )
     parser.add_argument(
+        "--mfa-timeout",
+        dest="mfa_timeout",
+        type=mfa_timeout_seconds,
+        metavar="SECONDS",
+        help=f"How long an MFA login waits for the application's signed tokens "
+        f"(default ${MFA_TIMEOUT_ENV} or {MFA_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--log-level", dest="log_level", default="info", choices=("error", "warn", "info", "debug")
     )
     return parser
 
 
 async def serve(
-    config: ClientConfig, socket_path: Path, *, cluster_id: str | None, group: str | None
+    config: ClientConfig,
+    socket_path: Path,
+    *,
+    cluster_id: str | None,
+    group: str | None,
+    mfa_timeout: float = MFA_TIMEOUT,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     config.select(cluster_id)  # refuse an ambiguous configuration before listening
-    server = DaemonServer(config, socket_path, cluster_id=cluster_id, group=group)
+    server = DaemonServer(
+        config, socket_path, cluster_id=cluster_id, group=group, mfa_timeout=mfa_timeout
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -569,11 +662,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s [%(process)d] [%(name)s] %(message)s",
     )
     try:
+        mfa_timeout = args.mfa_timeout or default_mfa_timeout()
         config = load_config(args.config)
         socket_path = Path(args.socket) if args.socket else default_socket_path()
         if args.socket_group:
             grp.getgrnam(args.socket_group)
-        asyncio.run(serve(config, socket_path, cluster_id=args.cluster_id, group=args.socket_group))
+        asyncio.run(
+            serve(
+                config,
+                socket_path,
+                cluster_id=args.cluster_id,
+                group=args.socket_group,
+                mfa_timeout=mfa_timeout,
+            )
+        )
     except KeyError:
         print(f"cloudhsm-client: no group named {args.socket_group}", file=sys.stderr)
         return 1

@@ -270,7 +270,9 @@ class AsyncSession:
                     f"`login({username!r}, password, role={role!r}, mfa_signer=...)`",
                     exc.result,
                 ) from None
-            if exchange is not None and exchange.sent:
+            # The daemon's own refusal of late signatures (its MFA timeout) keeps its words.
+            timed_out = isinstance(exc.result, dict) and "mfa_timeout_ms" in exc.result
+            if exchange is not None and exchange.sent and not timed_out:
                 raise LoginFailure(exc.status, MFA_SIGNATURE_REFUSED, exc.result) from None
             raise
 
