@@ -12,6 +12,11 @@ behind a few rules, which this module reproduces:
   and inserted into every other HSM, so it is usable everywhere at once.
 * **Key availability check.** A token key must be on at least two HSMs before it is used
   (``disable_key_availability_check`` turns this off), failing with ``KEY_UNAVAILABLE``.
+  Reading a key (its attributes, its public key) is not using it and is not checked.
+* **Keys where they are.** A request naming a key goes to the least-loaded HSM; if that HSM
+  does not hold the key (made elsewhere, not yet synced) it goes to one that does, and only
+  when no reachable HSM holds it does the HSM's "key not found" reach the caller. A
+  ``key.find`` that finds nothing asks the other HSMs as well.
 * **Retries.** A busy answer (0xBB) is retried up to three times with exponential backoff
   when ``default_retry_mode`` is ``standard``.
 * **Failover and reconnect.** When a channel breaks, idempotent requests move to another
