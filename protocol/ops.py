@@ -44,6 +44,8 @@ class Op(enum.StrEnum):
     USER_CHANGE_PASSWORD = "user.change_password"
     USER_CHANGE_MFA = "user.change_mfa"
     USER_REGISTER_QUORUM_KEY = "user.register_quorum_key"
+    USER_EXTRACT_REPLICA = "user.extract_replica"
+    USER_INSERT_REPLICA = "user.insert_replica"
     # -- quorum -------------------------------------------------------------
     QUORUM_TOKEN_GENERATE = "quorum.token.generate"
     QUORUM_TOKEN_LIST = "quorum.token.list"
@@ -67,6 +69,8 @@ class Op(enum.StrEnum):
     KEY_EXTRACT_MASKED = "key.extract_masked"
     KEY_INSERT_MASKED = "key.insert_masked"
     KEY_DIGESTS = "key.digests"
+    KEY_EXTRACT_REPLICA = "key.extract_replica"
+    KEY_INSERT_REPLICA = "key.insert_replica"
     # -- cryptography -------------------------------------------------------
     CRYPTO_SIGN = "crypto.sign"
     CRYPTO_VERIFY = "crypto.verify"
@@ -134,6 +138,13 @@ SHAPES: dict[Op, OpShape] = {
         "{public_key: PEM bytes, signed_token: {approval_data: bytes, signed: bytes}}",
         "{username, role}",
     ),
+    Op.USER_EXTRACT_REPLICA: OpShape(
+        "{username, role: admin|crypto-user}",
+        "{replica: bytes} (the user sealed for every cluster of this backup lineage)",
+    ),
+    Op.USER_INSERT_REPLICA: OpShape(
+        "{replica: bytes}", "{username, role} (an identical user already here is success)"
+    ),
     Op.QUORUM_TOKEN_GENERATE: OpShape(
         "{service: user|quorum|cluster|registration|key-management|key-usage, "
         "approval_data?: bytes (a token another HSM generated for the same user and service, "
@@ -197,6 +208,13 @@ SHAPES: dict[Op, OpShape] = {
     Op.KEY_INSERT_MASKED: OpShape("{masked_object: bytes}", "{key: key object}"),
     Op.KEY_DIGESTS: OpShape(
         "{}", "{keys: {key_reference: digest bytes}} (token keys; for sync and coverage)"
+    ),
+    Op.KEY_EXTRACT_REPLICA: OpShape(
+        "{key_reference}",
+        "{replica: bytes} (the token key sealed for every cluster of this backup lineage)",
+    ),
+    Op.KEY_INSERT_REPLICA: OpShape(
+        "{replica: bytes}", "{key: key object} (an identical key already here is success)"
     ),
     Op.CRYPTO_SIGN: OpShape(
         "{key_reference, mechanism: rsa-pkcs|rsa-pkcs-pss|ecdsa|rsa-x-509|ml-dsa, hash?: "

@@ -454,4 +454,8 @@ def register(root: CommandGroup) -> CommandGroup:
     leaf.add_argument("--encoding", required=True, choices=("reference-pem", "pem"))
     leaf.add_argument("--path", required=True)
     leaf.add_argument("--filter", nargs="+", required=True, metavar="<FILTER>")
+
+    from client.cli import replicate  # imports this module: registered last
+
+    replicate.register_key(key)
     return key

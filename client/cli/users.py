@@ -319,3 +319,7 @@ def register(root: CommandGroup) -> None:
     leaf.add_argument(
         "--signed-token", required=True, dest="signed_token", help="Signed registration token file"
     )
+
+    from client.cli import replicate  # imports this module: registered last
+
+    replicate.register_user(user)

@@ -15,6 +15,7 @@ the client is told always matches the file.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
@@ -29,7 +30,7 @@ from protocol.ops import Op
 from protocol.status import Status
 from simulator.errors import HsmError, SimulatorError
 from simulator.hsm import arguments as arg
-from simulator.hsm import audit, mechanisms, quorum, snapshot, users
+from simulator.hsm import audit, mechanisms, quorum, replica, snapshot, users
 from simulator.hsm.attributes import (
     apply_set_attribute,
     apply_unwrap_template,
@@ -83,6 +84,8 @@ PERMISSIONS: dict[Op, frozenset[str] | None] = {
     Op.USER_CHANGE_PASSWORD: frozenset({ADMIN, CRYPTO_USER, APPLIANCE}),
     Op.USER_CHANGE_MFA: _A_CU,
     Op.USER_REGISTER_QUORUM_KEY: _A_CU,
+    Op.USER_EXTRACT_REPLICA: _A,
+    Op.USER_INSERT_REPLICA: _A,
     Op.QUORUM_TOKEN_GENERATE: _A_CU,
     Op.QUORUM_TOKEN_LIST: _A_CU,
     Op.QUORUM_TOKEN_DELETE: _A,
@@ -104,6 +107,8 @@ PERMISSIONS: dict[Op, frozenset[str] | None] = {
     Op.KEY_EXTRACT_MASKED: _A_CU_AU,
     Op.KEY_INSERT_MASKED: _A_CU_AU,
     Op.KEY_DIGESTS: _A_CU_AU,
+    Op.KEY_EXTRACT_REPLICA: _A_CU,  # crypto users: only keys they own (handler)
+    Op.KEY_INSERT_REPLICA: _A_CU,
     Op.CRYPTO_SIGN: _CU,
     Op.CRYPTO_VERIFY: _CU,
     Op.CRYPTO_ENCRYPT: _CU,
@@ -146,6 +151,11 @@ _AUDITED: dict[Op, str] = {
     Op.KEY_DERIVE: "CN_DERIVE_KEY",
     Op.KEY_EXTRACT_MASKED: "CN_EXTRACT_MASKED_OBJECT_USER",
     Op.KEY_INSERT_MASKED: "CN_INSERT_MASKED_OBJECT_USER",
+    # Replication between cloned clusters moves masked objects too (spec §10.2).
+    Op.KEY_EXTRACT_REPLICA: "CN_EXTRACT_MASKED_OBJECT_USER",
+    Op.KEY_INSERT_REPLICA: "CN_INSERT_MASKED_OBJECT_USER",
+    Op.USER_EXTRACT_REPLICA: "CN_EXTRACT_MASKED_OBJECT_USER",
+    Op.USER_INSERT_REPLICA: "CN_INSERT_MASKED_OBJECT_USER",
     Op.MTLS_REGISTER_TRUST_ANCHOR: "CN_CERT_AUTH_STORE_CERT",
     Op.MTLS_DEREGISTER_TRUST_ANCHOR: "CN_CERT_AUTH_DELETE_CERT",
     Op.MTLS_SET_ENFORCEMENT: "CN_CERT_AUTH_SET_ENFORCEMENT",
@@ -537,6 +547,10 @@ class Hsm:
             Op.KEY_DERIVE: self._key_derive,
             Op.KEY_EXTRACT_MASKED: self._key_extract_masked,
             Op.KEY_INSERT_MASKED: self._key_insert_masked,
+            Op.KEY_EXTRACT_REPLICA: self._key_extract_replica,
+            Op.KEY_INSERT_REPLICA: self._key_insert_replica,
+            Op.USER_EXTRACT_REPLICA: self._user_extract_replica,
+            Op.USER_INSERT_REPLICA: self._user_insert_replica,
             Op.KEY_DIGESTS: self._key_digests,
             Op.CRYPTO_SIGN: self._crypto_sign,
             Op.CRYPTO_VERIFY: self._crypto_verify,
@@ -1606,3 +1620,122 @@ class Hsm:
 
     def _key_digests(self, session: Session, args: Mapping[str, Any]) -> Any:
         return {"keys": {r.handle: self._keys.digest(r) for r in self._keys.token_records()}}
+
+    # -- replication between cloned clusters (key replicate, user replicate) ------------------
+    def _key_extract_replica(self, session: Session, args: Mapping[str, Any]) -> Any:
+        handle = arg.handle(args, "key_reference")
+        self._audit_subject = {"key_handle": handle}
+        record = self._visible_record(session, handle)
+        if session.role == CRYPTO_USER and record.owner != session.username:
+            raise HsmError(
+                Status.KEY_ACCESS_DENIED, "Crypto users can replicate only keys they own"
+            )
+        if not record.token:
+            raise HsmError(Status.KEY_FUNCTION_NOT_PERMITTED, "Session keys cannot be replicated")
+        sealed = replica.seal_key(
+            record, self._keys.material(record), self._masking_key, self.identity.cluster_id
+        )
+        with self._store.transaction():
+            self._audit(
+                "CN_EXTRACT_MASKED_OBJECT_USER", session.handle, Status.SUCCESS, key_handle=handle
+            )
+        return {"replica": sealed}
+
+    def _key_insert_replica(self, session: Session, args: Mapping[str, Any]) -> Any:
+        sealed = arg.blob(args, "replica", max_len=128 * 1024)
+        record, material = replica.open_key(sealed, self._masking_key, self.identity.cluster_id)
+        self._audit_subject = {"key_handle": record.handle}
+        if session.role == CRYPTO_USER and record.owner != session.username:
+            raise HsmError(
+                Status.KEY_ACCESS_DENIED, "Crypto users can replicate only keys they own"
+            )
+        for name in record.associated_users():
+            user = self._users.get(name)
+            if user is None or user.role != CRYPTO_USER:
+                raise HsmError(
+                    Status.USER_NOT_FOUND,
+                    f"Crypto user {name}, who owns or shares the key, does not exist on this HSM",
+                )
+        existing = self._keys.get(record.handle)
+        if existing is not None:
+            # The same key (replicated before, or older than the common backup): done.
+            if (
+                existing.token
+                and existing.owner == record.owner
+                and existing.record_bytes() == record.record_bytes()
+                and hmac.compare_digest(self._keys.material(existing).value, material.value)
+            ):
+                return {"key": existing.key_object()}
+            raise HsmError(
+                Status.INVALID_HANDLE,
+                f"A different key with reference 0x{record.handle:016x} exists on this HSM",
+            )
+        self._keys.check_quota(**({"asymmetric": 1} if record.asymmetric else {"symmetric": 1}))
+        with self._store.transaction():
+            stored = self._keys.persist_new(record, material)
+            self._audit(
+                "CN_INSERT_MASKED_OBJECT_USER",
+                session.handle,
+                Status.SUCCESS,
+                key_handle=record.handle,
+            )
+        self._keys.commit_new(stored, material)
+        return {"key": stored.key_object()}
+
+    def _user_extract_replica(self, session: Session, args: Mapping[str, Any]) -> Any:
+        username = users.normalize_username(arg.text(args, "username"))
+        role = arg.choice(args, "role", users.CREATABLE_ROLES)
+        self._audit_subject = {"user_name": username, "user_type": users.AUDIT_USER_TYPES[role]}
+        user = self._find_user(username, role)
+        sealed = replica.seal_user(user, self._masking_key, self.identity.cluster_id)
+        with self._store.transaction():
+            self._audit(
+                "CN_EXTRACT_MASKED_OBJECT_USER",
+                session.handle,
+                Status.SUCCESS,
+                **self._audit_subject,
+            )
+        return {"replica": sealed}
+
+    def _user_insert_replica(self, session: Session, args: Mapping[str, Any]) -> Any:
+        sealed = arg.blob(args, "replica", max_len=64 * 1024)
+        user = replica.open_user(sealed, self._masking_key, self.identity.cluster_id)
+        if user.role not in users.CREATABLE_ROLES:
+            raise HsmError(
+                Status.INVALID_USER_TYPE, f"Users of role {user.role} are not replicated"
+            )
+        self._audit_subject = {
+            "user_name": user.name,
+            "user_type": users.AUDIT_USER_TYPES[user.role],
+        }
+        existing = self._users.get(user.name)
+        if existing is not None:
+            if _same_user(existing, user):
+                return {"username": user.name, "role": user.role}
+            raise HsmError(
+                Status.USER_EXISTS,
+                f"User {user.name} exists on this HSM with different attributes",
+            )
+        if self.user_count() >= users.USER_QUOTA[self.identity.hsm_type]:
+            raise HsmError(Status.USER_QUOTA_EXCEEDED)
+        with self._store.transaction():
+            self._put_user(user)
+            self._audit(
+                "CN_INSERT_MASKED_OBJECT_USER",
+                session.handle,
+                Status.SUCCESS,
+                **self._audit_subject,
+            )
+        self._users[user.name] = user
+        return {"username": user.name, "role": user.role}
+
+
+def _same_user(here: User, replicated: User) -> bool:
+    """What ``user list`` compares (role, lock state, MFA, quorum) and the password."""
+    return (
+        here.role == replicated.role
+        and here.locked == replicated.locked
+        and here.mfa_key == replicated.mfa_key
+        and here.quorum_key == replicated.quorum_key
+        and hmac.compare_digest(here.password_hash.encode(), replicated.password_hash.encode())
+    )
