@@ -8,14 +8,20 @@ sharing and visibility (§5.4), deletion, and ``key list`` filters and pages.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from fixtures.clients import CloudHsmCli, Credentials
-from fixtures.users import UserFactory
+from client import AsyncSession
+from fixtures.clients import CloudHsmCli, Credentials, with_library_session
+from fixtures.cluster import ClusterFactory, ClusterUnderTest
+from fixtures.users import UserFactory, UserNames, create_user
 
 pytestmark = pytest.mark.conformance("keys")
 
@@ -31,6 +37,15 @@ CURVES = {
     "secp256k1": 32,
     "secp521r1": 66,
 }
+
+#: Keys per cluster (spec §7): hsm1.medium's total, and the asymmetric part of
+#: hsm2m.medium's 16,666 (each half of a pair counts).
+HSM1_KEY_QUOTA = 3_300
+HSM2M_ASYMMETRIC_QUOTA = 3_333
+#: The refusals past a quota: the wording of the quotas page. The real CLI's JSON text is
+#: among the strings spec §13 lists as unverified.
+KEY_QUOTA_REACHED = "Maximum number of keys reached"
+ASYMMETRIC_QUOTA_REACHED = "Maximum number of asymmetric keys reached"
 
 
 @pytest.fixture
@@ -515,3 +530,121 @@ def test_key_info_names_the_owner_and_full_coverage(
         "use-key-quorum-value": 0,
     }
     assert info["cluster-coverage"] == "full"
+
+
+# -- quotas ---------------------------------------------------------------------------------
+
+
+def key_count(cluster: ClusterUnderTest, user: Credentials) -> int:
+    """How many keys ``user`` sees, counted with the library's terse `key.find`.
+
+    `key list` is not used for this: it fetches every match in full, and at a quota the
+    answer is larger than one message may be.
+    """
+
+    async def count(session: AsyncSession) -> int:
+        found = await session.call("key.find", {"verbose": False})
+        return len(found["keys"])
+
+    return with_library_session(cluster, user, count)
+
+
+def labelled(user: CloudHsmCli, label: str) -> int:
+    """How many keys `key list` finds under ``label``."""
+    count: int = user.ok("key", "list", "--filter", f"attr.label={label}")["total_key_count"]
+    return count
+
+
+@pytest.mark.local_target
+def test_key_quota_refuses_the_key_past_the_last_and_changes_nothing(
+    cluster_factory: ClusterFactory, user_names: UserNames
+) -> None:
+    """On an hsm1.medium cluster, whose quota is 3,300 keys per cluster (spec §7, the real
+    number), keys are created up to the quota: 3,299 AES keys through the client library
+    with the requests in flight together (set-up only: the CLI sends one command at a
+    time), the 3,300th with `key generate-symmetric`, which succeeds. The next AES key and
+    an EC pair are refused with `Maximum number of keys reached`; neither is listed, the
+    last key made is still there and the user still sees exactly 3,300 keys. Deleting one
+    key makes room: the refused AES key can then be made. hsm2m.medium's 16,666 total is
+    the same rule at a number too large to reach in seconds and is not driven here."""
+    cluster = cluster_factory(hsms=2, hsm_type="hsm1.medium")
+    user = create_user(cluster, user_names, "crypto-user", "quota_")
+
+    async def fill(session: AsyncSession) -> None:
+        await asyncio.gather(
+            *(session.generate_aes_key(f"filler-{n}", length=16) for n in range(HSM1_KEY_QUOTA - 1))
+        )
+
+    with_library_session(cluster, user, fill)
+    as_user = CloudHsmCli(cluster, user)
+    last = aes(as_user, "quota-last", length=16)
+    assert key_count(cluster, user) == HSM1_KEY_QUOTA
+
+    over = ["key", "generate-symmetric", "aes", "--label", "quota-over", "--key-length-bytes", "16"]
+    assert as_user.error(*over) == KEY_QUOTA_REACHED
+    pair = ["key", "generate-asymmetric-pair", "ec", "--curve", "secp256r1"]
+    pair += ["--public-label", "quota-pub", "--private-label", "quota-priv"]
+    assert as_user.error(*pair) == KEY_QUOTA_REACHED
+    assert [labelled(as_user, label) for label in ("quota-over", "quota-pub", "quota-priv")] == [
+        0,
+        0,
+        0,
+    ]
+    assert labelled(as_user, "quota-last") == 1
+    assert key_count(cluster, user) == HSM1_KEY_QUOTA
+
+    as_user.ok("key", "delete", "--filter", f"key-reference={last['key-reference']}")
+    assert as_user.ok(*over)["key"]["attributes"]["label"] == "quota-over"
+    assert key_count(cluster, user) == HSM1_KEY_QUOTA
+
+
+@pytest.mark.local_target
+def test_asymmetric_key_quota_refuses_a_pair_but_not_a_secret_key(
+    cluster_factory: ClusterFactory, user_names: UserNames, tmp_path: Path
+) -> None:
+    """On an hsm2m.medium cluster at most 3,333 of its 16,666 keys may be asymmetric, each
+    half of a pair counting (spec §7, the real number): 1,666 EC pairs made through the
+    client library (set-up, requests in flight together) hold 3,332, and `key import pem`
+    of a public key, the 3,333rd, succeeds. Then `key generate-asymmetric-pair ec` and a
+    second import are refused with `Maximum number of asymmetric keys reached` and nothing
+    of them is listed, while an AES key is still made (the total is far from 16,666): the
+    user sees exactly 3,334 keys."""
+    cluster = cluster_factory(hsms=2, hsm_type="hsm2m.medium")
+    user = create_user(cluster, user_names, "crypto-user", "quota_")
+
+    async def fill(session: AsyncSession) -> None:
+        await asyncio.gather(
+            *(
+                session.generate_ec_key_pair(f"filler-pub-{n}", f"filler-priv-{n}")
+                for n in range(HSM2M_ASYMMETRIC_QUOTA // 2)
+            )
+        )
+
+    with_library_session(cluster, user, fill)
+    as_user = CloudHsmCli(cluster, user)
+
+    def import_public(label: str) -> list[str]:
+        path = tmp_path / f"{label}.pem"
+        public = ec.generate_private_key(ec.SECP256R1()).public_key()
+        path.write_bytes(
+            public.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        return ["key", "import", "pem", "--path", str(path), "--label", label,
+                "--key-type-class", "ec-public"]  # fmt: skip
+
+    as_user.ok(*import_public("quota-last"))
+    assert key_count(cluster, user) == HSM2M_ASYMMETRIC_QUOTA
+
+    pair = ["key", "generate-asymmetric-pair", "ec", "--curve", "secp256r1"]
+    pair += ["--public-label", "quota-pub", "--private-label", "quota-priv"]
+    assert as_user.error(*pair) == ASYMMETRIC_QUOTA_REACHED
+    assert as_user.error(*import_public("quota-over")) == ASYMMETRIC_QUOTA_REACHED
+    assert [labelled(as_user, label) for label in ("quota-pub", "quota-priv", "quota-over")] == [
+        0,
+        0,
+        0,
+    ]
+    assert aes(as_user, "quota-secret")["attributes"]["label"] == "quota-secret"
+    assert key_count(cluster, user) == HSM2M_ASYMMETRIC_QUOTA + 1
