@@ -10,9 +10,10 @@ writes it), logging in on the source from ``CLOUDHSM_*`` and on the destination 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from client import Session
 from client.cli.replicate import KEY_NOT_SYNCHRONIZED, USER_INCONSISTENT
-from fixtures.clients import CloudHsmCli, Credentials, admin_credentials, run_cli
+from fixtures.clients import (
+    CloudHsmCli,
+    Credentials,
+    InteractiveCli,
+    admin_credentials,
+    run_cli,
+)
 from fixtures.cluster import (
     ClusterUnderTest,
     CustomerCa,
@@ -393,3 +400,48 @@ def test_user_replicate_refusals(
         f"cluster {lineage.stranger.cluster_id}: replication needs clusters created from a "
         "backup of one another or from a common backup"
     )
+
+
+def test_key_owner_must_exist_on_the_destination(
+    lineage: Lineage, monkeypatch: pytest.MonkeyPatch, user_names: UserNames
+) -> None:
+    """The AWS page: the key's owner must exist on the destination. A key of a crypto user
+    made after the backup is refused to the admin, naming the owner; once the admin has
+    replicated the user, the key follows and its owner uses it on the clone."""
+    newcomer = create_user(lineage.source, user_names, "crypto-user", "newcomer_")
+    with session(lineage.source, newcomer) as hsm:
+        key = hsm.generate_aes_key("newcomer-key", length=32)
+    admin = admin_credentials(lineage.source)
+    refused = key_replicate(lineage, monkeypatch, "newcomer-key", user=admin)
+    assert refused["data"] == (
+        f"Crypto user {newcomer.username}, who owns or shares the key, does not exist on this HSM"
+    )
+    user_argv = ("user", "replicate", "--username", newcomer.username, "--role", "crypto-user")
+    assert replicate(lineage, monkeypatch, user_argv, user=admin)["error_code"] == 0
+    assert key_replicate(lineage, monkeypatch, "newcomer-key", user=newcomer)["error_code"] == 0
+    with session(lineage.clone, newcomer) as there:
+        assert there.find_key(label="newcomer-key").reference == key.reference
+
+
+def test_interactive_mode_needs_a_login_on_both_clusters(
+    lineage: Lineage, interactive_cli: Callable[..., InteractiveCli]
+) -> None:
+    """Interactive mode: the user logs in to each cluster with `login --cluster-id`; until
+    the destination login, the command says where the login is missing."""
+    with session(lineage.source, lineage.owner) as hsm:
+        hsm.generate_aes_key("typed-at-the-prompt", length=16)
+    both = dataclasses.replace(lineage.source, config_path=lineage.config(lineage.clone))
+    cli = interactive_cli(both)
+    source, clone = lineage.source.cluster_id, lineage.clone.cluster_id
+    argv = (
+        "key", "replicate", "--filter", "attr.label=typed-at-the-prompt",
+        "--source-cluster-id", source, "--destination-cluster-id", clone,
+    )  # fmt: skip
+    login = ("login", "--username", lineage.owner.username, "--role", "crypto-user")
+    cli.ok(*login, "--password", lineage.owner.password, "--cluster-id", source)
+    assert cli.error(*argv) == f"User is not logged in on the destination cluster {clone}"
+    cli.ok(*login, "--password", lineage.owner.password, "--cluster-id", clone)
+    data = cli.ok(*argv)
+    assert data["message"] == "Successfully replicated key"
+    assert data["key"]["attributes"]["label"] == "typed-at-the-prompt"
+    assert cli.close() == 0
