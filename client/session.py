@@ -410,6 +410,28 @@ class AsyncSession:
             share_with,
         )
 
+    async def generate_mldsa_key_pair(
+        self,
+        public_label: str,
+        private_label: str,
+        *,
+        algorithm: str = "ML-DSA-65",
+        session: bool = False,
+        public_attributes: Mapping[str, Any] | None = None,
+        private_attributes: Mapping[str, Any] | None = None,
+        share_with: Sequence[str] | None = None,
+    ) -> KeyPair:
+        """An ML-DSA pair (``ML-DSA-44``, ``-65`` or ``-87``; hsm2m.medium clusters only)."""
+        return await self._generate_pair(
+            {"key_type": "mldsa", "mldsa_algorithm": algorithm},
+            public_label,
+            private_label,
+            session,
+            public_attributes,
+            private_attributes,
+            share_with,
+        )
+
     async def _generate_pair(
         self,
         call: dict[str, Any],
@@ -560,6 +582,8 @@ class AsyncSession:
             "data": data,
             "data_type": data_type,
         }
+        if mechanism == "ml-dsa":
+            del call["hash"]  # ML-DSA hashes inside the algorithm: it takes no hash function
         if mechanism == "rsa-pkcs-pss":
             call["mgf"] = mgf or f"mgf1-{hash_name}"
             call["salt_length"] = salt_length if salt_length is not None else 32
@@ -792,6 +816,13 @@ class Session:
     ) -> KeyPair:
         return self._runner.run(
             self._inner.generate_ec_key_pair(public_label, private_label, **options)
+        )
+
+    def generate_mldsa_key_pair(
+        self, public_label: str, private_label: str, **options: Any
+    ) -> KeyPair:
+        return self._runner.run(
+            self._inner.generate_mldsa_key_pair(public_label, private_label, **options)
         )
 
     def import_public_key(self, pem: bytes, label: str, **options: Any) -> Key:

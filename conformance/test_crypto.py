@@ -6,7 +6,8 @@ Signatures made through ``cloudhsm-cli crypto sign`` are verified with
 algorithm, not merely self-consistent. Wrap/unwrap round trips prove the
 unwrapped key is the same key (same check value) and carries ``local=false``.
 ECDSA signatures are the PKCS#11 form, ``r || s`` with each half as long as
-the curve's order. Encryption, MAC and check values are checked through the
+the curve's order. ML-DSA signatures (hsm2m.medium) are checked the same way,
+over raw data and over an external mu the test computes. Encryption, MAC and check values are checked through the
 Python library on keys whose value the test knows: it wraps its own key under
 an HSM RSA public key and unwraps it inside the HSM.
 """
@@ -23,7 +24,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives import padding as sym_padding
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -633,3 +634,73 @@ def test_imported_public_key_verifies_a_signature_made_elsewhere(
         as_signer, mechanism, reference, MESSAGE + b"!", signature, "--hash-function", "sha256"
     )
     assert (refused["error_code"], refused["data"]) == (1, "Signature verification failed")
+
+
+# -- ML-DSA (hsm2m.medium) ---------------------------------------------------------------------
+
+
+def generate_mldsa_pair(user: CloudHsmCli, algorithm: str) -> tuple[str, str]:
+    """(public, private) references of a new ML-DSA pair (sign and verify only: the
+    post-quantum keys neither encrypt nor wrap)."""
+    pair = user.ok(
+        "key",
+        "generate-asymmetric-pair",
+        "ml-dsa",
+        "--mldsa-algorithm",
+        algorithm,
+        "--public-label",
+        f"{algorithm.lower()}-verify",
+        "--private-label",
+        f"{algorithm.lower()}-sign",
+        "--public-attributes",
+        "verify=true",
+        "--private-attributes",
+        "sign=true",
+    )
+    return pair["public_key"]["key-reference"], pair["private_key"]["key-reference"]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "signature_bytes"),
+    [("ML-DSA-44", 2420), ("ML-DSA-65", 3309), ("ML-DSA-87", 4627)],
+)
+def test_ml_dsa_signature_verifies_with_cryptography(
+    as_signer: CloudHsmCli, tmp_path: Path, algorithm: str, signature_bytes: int
+) -> None:
+    """`crypto sign ml-dsa` over raw data makes a FIPS 204 signature of the parameter set's
+    size that `cryptography` verifies with the exported public key; `crypto verify ml-dsa`
+    accepts it and refuses it with one bit flipped (`Signature verification failed`)."""
+    public, private = generate_mldsa_pair(as_signer, algorithm)
+    signature = sign(as_signer, "ml-dsa", private, MESSAGE)
+    assert len(signature) == signature_bytes
+    key = exported_public_key(as_signer, public, tmp_path)
+    assert isinstance(key, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey)
+    key.verify(signature, MESSAGE)
+    with pytest.raises(InvalidSignature):
+        key.verify(signature, MESSAGE + b".")
+    verified = verify_cli(as_signer, "ml-dsa", public, MESSAGE, signature, "--data-type", "raw")
+    assert verified["data"] == {"message": "Signature verified successfully"}
+    flipped = bytes([signature[0] ^ 0x01]) + signature[1:]
+    refused = verify_cli(as_signer, "ml-dsa", public, MESSAGE, flipped, "--data-type", "raw")
+    assert (refused["error_code"], refused["data"]) == (1, "Signature verification failed")
+
+
+def test_ml_dsa_external_mu_signs_the_message_it_stands_for(
+    as_signer: CloudHsmCli, tmp_path: Path
+) -> None:
+    """A 64-byte external mu computed with the exported public key (FIPS 204 §6.2, empty
+    context) signs through `--data-type external-mu`; the signature verifies over the
+    original message with `cryptography` and with `crypto verify ml-dsa --data-type raw`."""
+    public, private = generate_mldsa_pair(as_signer, "ML-DSA-65")
+    key = exported_public_key(as_signer, public, tmp_path)
+    assert isinstance(key, mldsa.MLDSA65PublicKey)
+    document = MESSAGE * 500
+    hasher = mldsa.MLDSAMuHasher(key)
+    hasher.update(document)
+    mu = hasher.finalize()
+    signature = sign(as_signer, "ml-dsa", private, mu, data_type="external-mu")
+    key.verify(signature, document)
+    verified = verify_cli(as_signer, "ml-dsa", public, document, signature, "--data-type", "raw")
+    assert verified["data"] == {"message": "Signature verified successfully"}
+    by_mu = verify_cli(as_signer, "ml-dsa", public, mu, signature, "--data-type", "external-mu")
+    assert by_mu["data"] == {"message": "Signature verified successfully"}

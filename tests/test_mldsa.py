@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 from faker import Faker
 from hsm_support import activated_hsm, admin_session, call, crypto_user, identity, refused
 
+from client import Session
 from client.cli.crypto import salt_message
 from fixtures.clients import CloudHsmCli, Credentials, admin_credentials
 from fixtures.cluster import ClusterFactory, ClusterUnderTest
@@ -30,6 +31,7 @@ ALGORITHMS = ("ML-DSA-44", "ML-DSA-65", "ML-DSA-87")
 SIZES = {"ML-DSA-44": (1312, 2420), "ML-DSA-65": (1952, 3309), "ML-DSA-87": (2592, 4627)}
 SPKI_HEADER = 22
 SEED_PKCS8 = 54
+MESSAGE = b"Release build 2026.12 signed for the long term"
 
 
 @pytest.fixture
@@ -474,3 +476,24 @@ def test_hsm_salt_refusals_are_reworded_for_the_cli() -> None:
     assert salt_message(message) == "--salt-length must be between 0 and 222 for this key"
     assert salt_message("salt_length must be an integer") == "--salt-length must be an integer"
     assert salt_message("Signature verification failed") is None
+
+
+# -- the Python library ----------------------------------------------------------------------
+
+
+def test_library_generates_signs_and_verifies(crypto_session: Session) -> None:
+    pair = crypto_session.generate_mldsa_key_pair(
+        "lib-pq-pub",
+        "lib-pq-priv",
+        algorithm="ML-DSA-44",
+        public_attributes={"verify": True},
+        private_attributes={"sign": True},
+    )
+    assert pair.private.attributes["key-type"] == "mldsa"
+    # The library's default hash is not sent: ML-DSA takes none.
+    signature = crypto_session.sign(pair.private, MESSAGE, mechanism="ml-dsa")
+    assert crypto_session.verify(pair.public, MESSAGE, signature, mechanism="ml-dsa")
+    assert not crypto_session.verify(pair.public, MESSAGE + b"!", signature, mechanism="ml-dsa")
+    public = serialization.load_pem_public_key(crypto_session.export_public_key(pair.public))
+    assert isinstance(public, mldsa.MLDSA44PublicKey)
+    public.verify(signature, MESSAGE)
