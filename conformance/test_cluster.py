@@ -10,9 +10,11 @@ as an operator would with ``cloudhsm-configure -a``.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from client import Session
 from client.errors import ClientError
 from client.session import Key, KeyPair
-from fixtures.clients import CloudHsmCli, Credentials, admin_credentials
+from fixtures.clients import CloudHsmCli, Credentials, admin_credentials, run_cli
 from fixtures.cluster import ClusterFactory, ClusterUnderTest
 from fixtures.faults import ClusterFaults, FaultsFactory
 from fixtures.users import SessionFactory, UserNames, create_user
@@ -389,3 +391,96 @@ def test_deleting_a_key_removes_it_from_every_hsm(scene: Scene) -> None:
     for hsm_id in scene.hsms:
         alone = scene.session([hsm_id], key_availability_check=False)
         assert not visible(alone, key), f"deleted key still on {hsm_id}"
+
+
+def two_cluster_config(scene: Scene, clone: ClusterUnderTest, directory: Path) -> Path:
+    """The scene's configuration with the clone added under its own cluster id, as
+    `cloudhsm-configure add-cluster --cluster-id <clone>` writes it."""
+    document = json.loads(scene.cluster.config_path.read_text(encoding="utf-8"))
+    entry = json.loads(clone.config_path.read_text(encoding="utf-8"))["clusters"][0]
+    entry["cluster"]["cluster_id"] = clone.cluster_id
+    document["clusters"].append(entry)
+    path = directory / "two-clusters.cfg"
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def test_key_and_user_replicated_to_a_cloned_cluster(
+    scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster restored from a backup (CreateCluster with a source backup) lacks what was
+    made afterwards. `user replicate` (admin on both clusters) copies a later user and
+    `key replicate` (that user on both clusters, `DESTINATION_CLOUDHSM_*` for the clone)
+    copies its later signing key: the output is `{"key": {...}, "message": "Successfully
+    replicated key"}` and the clone signs with the key, verified by `cryptography` with the
+    public key from the source."""
+    restored = scene.faults.restore(scene.faults.take_backup(), hsms=2)
+    late = create_user(scene.cluster, scene.names, "crypto-user", "late_")
+    original = scene.sessions(late, cluster=scene.cluster)
+    pair = signing_pair(original, "replicated")
+    public_pem = original.export_public_key(pair.public)
+    config = two_cluster_config(scene, restored, tmp_path)
+    clusters = (
+        "--source-cluster-id", scene.cluster.cluster_id,
+        "--destination-cluster-id", restored.cluster_id,
+    )  # fmt: skip
+
+    def replicate(user: Credentials, *argv: str) -> dict[str, object]:
+        monkeypatch.setenv("DESTINATION_CLOUDHSM_ROLE", user.role)
+        monkeypatch.setenv("DESTINATION_CLOUDHSM_PIN", user.pin)
+        return run_cli(config, [*argv, *clusters], role=user.role, pin=user.pin)
+
+    admin = admin_credentials(scene.cluster)
+    user = replicate(
+        admin, "user", "replicate", "--username", late.username, "--role", "crypto-user"
+    )
+    assert user["error_code"] == 0, user
+    assert user["data"] == {
+        "user": {
+            "username": late.username,
+            "role": "crypto-user",
+            "locked": "false",
+            "mfa": [],
+            "quorum": [],
+            "cluster-coverage": "full",
+        },
+        "message": "Successfully replicated user",
+    }
+    key = replicate(late, "key", "replicate", "--filter", "attr.label=replicated-private")
+    assert key["error_code"] == 0, key
+    data = key["data"]
+    assert isinstance(data, dict)
+    assert data["message"] == "Successfully replicated key"
+    assert data["key"]["key-reference"] == f"0x{pair.private.reference:016x}"
+    assert data["key"]["key-info"]["cluster-coverage"] == "full"
+
+    clone = scene.sessions(late, cluster=restored)
+    replicated = clone.find_key(label="replicated-private")
+    verify_independently(
+        public_pem, clone.sign(replicated, MESSAGE, mechanism="ecdsa", hash="sha256")
+    )
+
+
+def test_key_on_some_source_hsms_is_not_replicated(
+    scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the server-side sync paused, a key made through a client that reaches one HSM
+    is on that HSM only: `key replicate` refuses with the AWS text `The selected key is not
+    synchronized throughout the cluster`, and the clone does not get it."""
+    restored = scene.faults.restore(scene.faults.take_backup(), hsms=1)
+    a, _, _ = scene.hsms
+    scene.faults.pause_sync()
+    lonely = scene.session([a], key_availability_check=False).generate_aes_key("lonely", length=16)
+    monkeypatch.setenv("DESTINATION_CLOUDHSM_ROLE", scene.user.role)
+    monkeypatch.setenv("DESTINATION_CLOUDHSM_PIN", scene.user.pin)
+    envelope = run_cli(
+        two_cluster_config(scene, restored, tmp_path),
+        ["key", "replicate", "--filter", "attr.label=lonely",
+         "--source-cluster-id", scene.cluster.cluster_id,
+         "--destination-cluster-id", restored.cluster_id],
+        role=scene.user.role, pin=scene.user.pin,
+    )  # fmt: skip
+    assert envelope["error_code"] == 1
+    assert envelope["data"] == "The selected key is not synchronized throughout the cluster"
+    clone = scene.sessions(scene.user, cluster=restored)
+    assert not visible(clone, lonely)
