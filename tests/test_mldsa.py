@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
 from faker import Faker
 from hsm_support import activated_hsm, admin_session, call, crypto_user, identity, refused
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from client import Session
 from client.cli.crypto import salt_message
@@ -297,6 +299,59 @@ def test_a_non_extractable_private_key_never_leaves_and_clones_masked(hsm: Hsm, 
     public = serialization.load_pem_public_key(pem)
     assert isinstance(public, mldsa.MLDSA65PublicKey)
     public.verify(signature, b"cloned")
+
+
+def test_an_extractable_private_key_wraps_and_unwraps_to_the_same_key(hsm: Hsm, alice: int) -> None:
+    pair = _pair(hsm, alice, "ML-DSA-87")
+    kek = call(
+        hsm, alice, "key.generate", key_type="aes", key_length_bytes=32, label="kek",
+        attributes={"wrap": True, "unwrap": True},
+    )["key"]  # fmt: skip
+    wrapped = call(
+        hsm, alice, "key.wrap", mechanism="aes-zero-pad", wrapping_key=_ref(kek),
+        payload_key=_ref(pair["private_key"]),
+    )["wrapped_key_data"]  # fmt: skip
+    unwrapped = call(
+        hsm, alice, "key.unwrap", mechanism="aes-zero-pad", unwrapping_key=_ref(kek),
+        wrapped_key_data=wrapped, key_class="private-key", key_type="mldsa",
+        label="back", attributes={"sign": True},
+    )["key"]  # fmt: skip
+    attributes = unwrapped["attributes"]
+    assert attributes["check-value"] == pair["private_key"]["attributes"]["check-value"]
+    assert (attributes["key-type"], attributes["local"]) == ("mldsa", False)
+    signature = call(
+        hsm, alice, "crypto.sign", key_reference=_ref(unwrapped), mechanism="ml-dsa", data=b"k"
+    )["signature"]
+    _exported(hsm, alice, pair["public_key"]).verify(signature, b"k")
+    # Unwrapped as the wrong type, the same bytes are refused.
+    status, _ = refused(
+        hsm, alice, "key.unwrap", mechanism="aes-zero-pad", unwrapping_key=_ref(kek),
+        wrapped_key_data=wrapped, key_class="private-key", key_type="ec", label="wrong",
+    )  # fmt: skip
+    assert status is Status.TEMPLATE_INCONSISTENT
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(message=st.binary(max_size=2048), flip=st.integers(min_value=0))
+def test_every_signature_verifies_and_no_single_bit_flip_does(
+    hsm: Hsm, alice: int, message: bytes, flip: int
+) -> None:
+    pair = _pair(hsm, alice, "ML-DSA-44")
+    public = _exported(hsm, alice, pair["public_key"])
+    signature = call(
+        hsm, alice, "crypto.sign", key_reference=_ref(pair["private_key"]), mechanism="ml-dsa",
+        data=message,
+    )["signature"]  # fmt: skip
+    public.verify(signature, message)
+    bit = flip % (len(signature) * 8)
+    flipped = bytearray(signature)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    assert refused(
+        hsm, alice, "crypto.verify", key_reference=_ref(pair["public_key"]), mechanism="ml-dsa",
+        data=message, signature=bytes(flipped),
+    ) == (Status.SIGNATURE_INVALID, "Signature verification failed")  # fmt: skip
 
 
 # -- cloudhsm-cli ----------------------------------------------------------------------------
