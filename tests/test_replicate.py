@@ -11,6 +11,7 @@ writes it), logging in on the source from ``CLOUDHSM_*`` and on the destination 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,18 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from hsm_support import (
+    ADMIN_PASSWORD,
+    MASKING_KEY,
+    TEST_SCRYPT_N,
+    admin_session,
+    call,
+    crypto_user,
+    random_masking_key,
+    refused,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import Session
 from client.cli.replicate import KEY_NOT_SYNCHRONIZED, USER_INCONSISTENT
@@ -40,6 +53,8 @@ from fixtures.cluster import (
 from fixtures.faults import ClusterFaults
 from fixtures.options import target_options
 from fixtures.users import UserNames, create_user
+from protocol.status import Status
+from simulator.hsm import Hsm, HsmIdentity
 
 MESSAGE = b"wire transfer 2026-12-03 #4411"
 
@@ -445,3 +460,96 @@ def test_interactive_mode_needs_a_login_on_both_clusters(
     assert data["message"] == "Successfully replicated key"
     assert data["key"]["attributes"]["label"] == "typed-at-the-prompt"
     assert cli.close() == 0
+
+
+# -- the HSM side: replica objects between two in-memory HSMs ------------------------------
+
+
+def hsm_of(cluster_id: str, masking_key: bytes = MASKING_KEY) -> Hsm:
+    """An activated in-memory HSM of ``cluster_id`` (clones share the masking key)."""
+    hsm = Hsm.open(
+        HsmIdentity("hsm-" + cluster_id[-11:], cluster_id, "5.3G1941-ICM000590", "hsm2m.medium"),
+        None,
+        masking_key,
+        scrypt_n=TEST_SCRYPT_N,
+    )
+    hsm.initialize()
+    s = hsm.open_session(peer="127.0.0.1", client_cert_der=None)
+    call(hsm, s, "cluster.activate", password=ADMIN_PASSWORD)
+    hsm.close_session(s)
+    return hsm
+
+
+@pytest.fixture
+def pair_of_clones() -> tuple[Hsm, Hsm]:
+    return hsm_of("cluster-sourcesrcab"), hsm_of("cluster-cloneclnabc")
+
+
+def test_hsm_replica_opens_on_a_clone_only_and_is_audited(pair_of_clones: tuple[Hsm, Hsm]) -> None:
+    source, clone = pair_of_clones
+    stranger = hsm_of("cluster-strangerrab", random_masking_key())
+    sessions = {}
+    for hsm in (source, clone, stranger):
+        sessions[hsm] = crypto_user(hsm, admin_session(hsm), "alice")
+    key = call(source, sessions[source], "key.generate", key_type="aes", key_length_bytes=32,
+               label="k")["key"]  # fmt: skip
+    reference = key["key-reference"]
+    sealed = call(source, sessions[source], "key.extract_replica", key_reference=reference)
+    inserted = call(clone, sessions[clone], "key.insert_replica", replica=sealed["replica"])
+    assert inserted["key"]["key-reference"] == reference
+    assert inserted["key"]["attributes"] == key["attributes"]
+    status, message = refused(stranger, sessions[stranger], "key.insert_replica",
+                              replica=sealed["replica"])  # fmt: skip
+    assert status is Status.ENCRYPTED_DATA_INVALID
+    assert "comes from cluster cluster-sourcesrcab, which is not a clone" in message
+    # The in-cluster masked object stays bound to its cluster, clones included.
+    masked = call(source, sessions[source], "key.extract_masked", key_reference=reference)
+    assert refused(clone, sessions[clone], "key.insert_masked",
+                   masked_object=masked["masked_object"])[1] == (
+        "The masked object does not belong to this cluster"
+    )  # fmt: skip
+    opcodes = [r["opcode"] for r in clone.audit_records()]
+    assert "CN_INSERT_MASKED_OBJECT_USER (0xf1)" in opcodes
+
+
+def test_hsm_refuses_what_a_crypto_user_does_not_own(pair_of_clones: tuple[Hsm, Hsm]) -> None:
+    source, clone = pair_of_clones
+    admins = {hsm: admin_session(hsm) for hsm in (source, clone)}
+    alice = crypto_user(source, admins[source], "alice")
+    bob = crypto_user(source, admins[source], "bob")
+    crypto_user(clone, admins[clone], "alice")
+    bob_there = crypto_user(clone, admins[clone], "bob")
+    key = call(source, alice, "key.generate", key_type="aes", key_length_bytes=16,
+               label="k", share_with=["bob"])["key"]  # fmt: skip
+    reference = key["key-reference"]
+    assert refused(source, bob, "key.extract_replica", key_reference=reference)[0] is (
+        Status.KEY_ACCESS_DENIED
+    )
+    sealed = call(source, admins[source], "key.extract_replica", key_reference=reference)
+    assert refused(clone, bob_there, "key.insert_replica", replica=sealed["replica"])[0] is (
+        Status.KEY_ACCESS_DENIED
+    )
+    # Users: admins only, and a key replica is not a user replica.
+    assert refused(source, alice, "user.extract_replica", username="bob",
+                   role="crypto-user")[0] is Status.PERMISSION_DENIED  # fmt: skip
+    status, message = refused(clone, admins[clone], "user.insert_replica",
+                              replica=sealed["replica"])  # fmt: skip
+    assert (status, message) == (Status.ENCRYPTED_DATA_INVALID, "Not a replicated user")
+
+
+@functools.cache
+def fuzz_target() -> tuple[Hsm, int]:
+    """One HSM for every example: each refusal must leave it as it was."""
+    hsm = hsm_of("cluster-fuzzfuzzabc")
+    return hsm, admin_session(hsm)
+
+
+@settings(max_examples=60, deadline=None)
+@given(blob=st.binary(max_size=300))
+def test_hsm_any_other_bytes_are_refused_and_change_nothing(blob: bytes) -> None:
+    hsm, admin = fuzz_target()
+    before = (call(hsm, admin, "key.find")["keys"], call(hsm, admin, "user.list")["users"])
+    for op in ("key.insert_replica", "user.insert_replica"):
+        assert refused(hsm, admin, op, replica=blob)[0] is Status.ENCRYPTED_DATA_INVALID
+    after = (call(hsm, admin, "key.find")["keys"], call(hsm, admin, "user.list")["users"])
+    assert after == before
