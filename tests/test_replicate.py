@@ -553,3 +553,19 @@ def test_hsm_any_other_bytes_are_refused_and_change_nothing(blob: bytes) -> None
         assert refused(hsm, admin, op, replica=blob)[0] is Status.ENCRYPTED_DATA_INVALID
     after = (call(hsm, admin, "key.find")["keys"], call(hsm, admin, "user.list")["users"])
     assert after == before
+
+
+def test_a_clone_is_accepted_under_its_own_id_only_if_its_hsms_say_so(lineage: Lineage) -> None:
+    """A clone's HSMs present the backed-up cluster's certificate; the CLI accepts them
+    under the clone's id because each HSM reports that id. An entry naming the clone's id
+    but listing the source's HSMs is still refused as the other cluster it is."""
+    config = lineage.config(lineage.clone)
+    listed = run_cli(config, ["user", "list", "--cluster-id", lineage.clone.cluster_id])
+    assert listed["error_code"] == 0, listed
+    document = json.loads(config.read_text(encoding="utf-8"))
+    document["clusters"][1]["cluster"]["servers"] = document["clusters"][0]["cluster"]["servers"]
+    impostor = lineage.workspace / "impostor.cfg"
+    impostor.write_text(json.dumps(document), encoding="utf-8")
+    mismatch = run_cli(impostor, ["user", "list", "--cluster-id", lineage.clone.cluster_id])
+    assert mismatch["error_code"] == 1
+    assert f"but the client expects cluster {lineage.clone.cluster_id}" in mismatch["data"]
