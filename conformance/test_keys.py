@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client import AsyncSession
 from fixtures.clients import CloudHsmCli, Credentials, with_library_session
 from fixtures.cluster import ClusterFactory, ClusterUnderTest
+from fixtures.faults import FaultsFactory
 from fixtures.users import UserFactory, UserNames, create_user
 
 pytestmark = pytest.mark.conformance("keys")
@@ -46,6 +47,11 @@ HSM2M_ASYMMETRIC_QUOTA = 3_333
 #: among the strings spec §13 lists as unverified.
 KEY_QUOTA_REACHED = "Maximum number of keys reached"
 ASYMMETRIC_QUOTA_REACHED = "Maximum number of asymmetric keys reached"
+#: The EC pair a quota scenario asks for once the quota is reached.
+QUOTA_PAIR = (
+    "key", "generate-asymmetric-pair", "ec", "--curve", "secp256r1",
+    "--public-label", "quota-pub", "--private-label", "quota-priv",
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -549,6 +555,16 @@ def key_count(cluster: ClusterUnderTest, user: Credentials) -> int:
     return with_library_session(cluster, user, count)
 
 
+def one_hsm_cluster(
+    cluster_factory: ClusterFactory, cluster_faults: FaultsFactory, hsm_type: str
+) -> ClusterUnderTest:
+    """A new one-HSM cluster of ``hsm_type``, configured with the key availability check
+    off (a one-HSM cluster needs it off for token keys): filling a quota then costs no
+    clones."""
+    cluster = cluster_factory(hsms=1, hsm_type=hsm_type)
+    return cluster_faults(cluster).view_of(key_availability_check=False)
+
+
 def labelled(user: CloudHsmCli, label: str) -> int:
     """How many keys `key list` finds under ``label``."""
     count: int = user.ok("key", "list", "--filter", f"attr.label={label}")["total_key_count"]
@@ -557,17 +573,18 @@ def labelled(user: CloudHsmCli, label: str) -> int:
 
 @pytest.mark.local_target
 def test_key_quota_refuses_the_key_past_the_last_and_changes_nothing(
-    cluster_factory: ClusterFactory, user_names: UserNames
+    cluster_factory: ClusterFactory, cluster_faults: FaultsFactory, user_names: UserNames
 ) -> None:
-    """On an hsm1.medium cluster, whose quota is 3,300 keys per cluster (spec §7, the real
-    number), keys are created up to the quota: 3,299 AES keys through the client library
+    """On a one-HSM hsm1.medium cluster (its client configured with the key availability
+    check off), whose quota is 3,300 keys per cluster (spec §7, the real number), keys are
+    created up to the quota: 3,299 AES keys through the client library
     with the requests in flight together (set-up only: the CLI sends one command at a
     time), the 3,300th with `key generate-symmetric`, which succeeds. The next AES key and
     an EC pair are refused with `Maximum number of keys reached`; neither is listed, the
     last key made is still there and the user still sees exactly 3,300 keys. Deleting one
     key makes room: the refused AES key can then be made. hsm2m.medium's 16,666 total is
     the same rule at a number too large to reach in seconds and is not driven here."""
-    cluster = cluster_factory(hsms=2, hsm_type="hsm1.medium")
+    cluster = one_hsm_cluster(cluster_factory, cluster_faults, "hsm1.medium")
     user = create_user(cluster, user_names, "crypto-user", "quota_")
 
     async def fill(session: AsyncSession) -> None:
@@ -582,14 +599,9 @@ def test_key_quota_refuses_the_key_past_the_last_and_changes_nothing(
 
     over = ["key", "generate-symmetric", "aes", "--label", "quota-over", "--key-length-bytes", "16"]
     assert as_user.error(*over) == KEY_QUOTA_REACHED
-    pair = ["key", "generate-asymmetric-pair", "ec", "--curve", "secp256r1"]
-    pair += ["--public-label", "quota-pub", "--private-label", "quota-priv"]
-    assert as_user.error(*pair) == KEY_QUOTA_REACHED
-    assert [labelled(as_user, label) for label in ("quota-over", "quota-pub", "quota-priv")] == [
-        0,
-        0,
-        0,
-    ]
+    assert as_user.error(*QUOTA_PAIR) == KEY_QUOTA_REACHED
+    refused = ("quota-over", "quota-pub", "quota-priv")
+    assert {label: labelled(as_user, label) for label in refused} == dict.fromkeys(refused, 0)
     assert labelled(as_user, "quota-last") == 1
     assert key_count(cluster, user) == HSM1_KEY_QUOTA
 
@@ -600,16 +612,19 @@ def test_key_quota_refuses_the_key_past_the_last_and_changes_nothing(
 
 @pytest.mark.local_target
 def test_asymmetric_key_quota_refuses_a_pair_but_not_a_secret_key(
-    cluster_factory: ClusterFactory, user_names: UserNames, tmp_path: Path
+    cluster_factory: ClusterFactory,
+    cluster_faults: FaultsFactory,
+    user_names: UserNames,
+    tmp_path: Path,
 ) -> None:
-    """On an hsm2m.medium cluster at most 3,333 of its 16,666 keys may be asymmetric, each
-    half of a pair counting (spec §7, the real number): 1,666 EC pairs made through the
+    """On a one-HSM hsm2m.medium cluster (key availability check off) at most 3,333 of its
+    16,666 keys may be asymmetric, each half of a pair counting (spec §7, the real number): 1,666 EC pairs made through the
     client library (set-up, requests in flight together) hold 3,332, and `key import pem`
     of a public key, the 3,333rd, succeeds. Then `key generate-asymmetric-pair ec` and a
     second import are refused with `Maximum number of asymmetric keys reached` and nothing
     of them is listed, while an AES key is still made (the total is far from 16,666): the
     user sees exactly 3,334 keys."""
-    cluster = cluster_factory(hsms=2, hsm_type="hsm2m.medium")
+    cluster = one_hsm_cluster(cluster_factory, cluster_faults, "hsm2m.medium")
     user = create_user(cluster, user_names, "crypto-user", "quota_")
 
     async def fill(session: AsyncSession) -> None:
@@ -637,14 +652,9 @@ def test_asymmetric_key_quota_refuses_a_pair_but_not_a_secret_key(
     as_user.ok(*import_public("quota-last"))
     assert key_count(cluster, user) == HSM2M_ASYMMETRIC_QUOTA
 
-    pair = ["key", "generate-asymmetric-pair", "ec", "--curve", "secp256r1"]
-    pair += ["--public-label", "quota-pub", "--private-label", "quota-priv"]
-    assert as_user.error(*pair) == ASYMMETRIC_QUOTA_REACHED
+    assert as_user.error(*QUOTA_PAIR) == ASYMMETRIC_QUOTA_REACHED
     assert as_user.error(*import_public("quota-over")) == ASYMMETRIC_QUOTA_REACHED
-    assert [labelled(as_user, label) for label in ("quota-pub", "quota-priv", "quota-over")] == [
-        0,
-        0,
-        0,
-    ]
+    refused = ("quota-pub", "quota-priv", "quota-over")
+    assert {label: labelled(as_user, label) for label in refused} == dict.fromkeys(refused, 0)
     assert aes(as_user, "quota-secret")["attributes"]["label"] == "quota-secret"
     assert key_count(cluster, user) == HSM2M_ASYMMETRIC_QUOTA + 1

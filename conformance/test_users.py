@@ -9,15 +9,23 @@ who owns keys cannot be deleted, and the permission table (spec §3).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from fixtures.clients import CloudHsmCli, Credentials
+from fixtures.clients import CloudHsmCli, Credentials, admin_credentials
 from fixtures.cluster import ClusterFactory
 from fixtures.users import UserFactory, UserNames
 
 pytestmark = pytest.mark.conformance("users")
+
+#: hsm1.medium's quota of users per cluster is 250 (spec §3.7, §7; the admin is one of
+#: them); the quota scenario lowers it to this (see its description).
+LOWERED_USER_QUOTA = 8
+#: The refusal past the quota: the wording of the quotas page. The real CLI's JSON text
+#: for it is among the strings spec §13 lists as unverified.
+USER_QUOTA_REACHED = "Maximum number of users reached"
 
 
 def listed(cli: CloudHsmCli, username: str) -> dict[str, Any] | None:
@@ -349,3 +357,55 @@ def test_activation_turns_the_unactivated_admin_into_the_admin(
         "Cluster has already been activated"
     )
     assert login(cli, activated)["error_code"] == 0
+
+
+def usernames(cli: CloudHsmCli) -> set[str]:
+    """Every user `user list` shows, but the appliance user (it is not a quota user)."""
+    users = cli.ok("user", "list")["users"]
+    return {u["username"] for u in users if u["role"] in ("admin", "crypto-user")}
+
+
+@pytest.mark.local_target
+def test_user_quota_refuses_the_user_past_the_last_and_changes_nothing(
+    cluster_factory: ClusterFactory,
+    hsm_quotas: Callable[..., None],
+    user_names: UserNames,
+) -> None:
+    """Users are created up to the quota with `user create`, and the next is refused with
+    `Maximum number of users reached`: it is not listed and cannot log in, and every user
+    listed before is listed after. Deleting one user makes room: the same `user create`
+    then succeeds. The quota of hsm1.medium is 250 users per cluster (spec §7, the admin
+    counted); each user costs the HSM a password hashing, so reaching 250 takes about ten
+    seconds, and this scenario lowers the quota of its own hsm1.medium cluster to 8 (fixture
+    `hsm_quotas`): the check and the message are the HSM's own, only the number differs.
+    The real 250 is reached in tests/test_hsm_users.py, on the HSM directly."""
+    hsm_quotas("hsm1.medium", users=LOWERED_USER_QUOTA)
+    cluster = cluster_factory(hsms=1, hsm_type="hsm1.medium")
+    admin_cli = CloudHsmCli(cluster, admin_credentials(cluster))
+
+    def create(user: Credentials) -> dict[str, Any]:
+        return admin_cli(
+            "user", "create", "--username", user.username, "--role", user.role,
+            "--password", user.password,
+        )  # fmt: skip
+
+    made = [
+        Credentials(user_names.username("quota_"), user_names.password(), "crypto-user")
+        for _ in range(LOWERED_USER_QUOTA - 1)
+    ]
+    for user in made:
+        assert create(user)["data"] == {"username": user.username, "role": "crypto-user"}
+    before = usernames(admin_cli)
+    assert before == {"admin", *(user.username for user in made)}
+    assert len(before) == LOWERED_USER_QUOTA
+
+    extra = Credentials(user_names.username("extra_"), user_names.password(), "crypto-user")
+    refused = create(extra)
+    assert (refused["error_code"], refused["data"]) == (1, USER_QUOTA_REACHED)
+    assert usernames(admin_cli) == before
+    cli = CloudHsmCli(cluster)
+    assert login(cli, extra)["data"] == "Incorrect authentication credentials"
+
+    admin_cli.ok("user", "delete", "--username", made[0].username, "--role", "crypto-user")
+    assert create(extra)["data"] == {"username": extra.username, "role": "crypto-user"}
+    assert login(cli, extra)["data"] == {"username": extra.username, "role": "crypto-user"}
