@@ -214,8 +214,9 @@ class DaemonServer:
                 raise ClientError(f"{self.socket_path} exists and is not a socket")
             self.socket_path.unlink()
         gid = grp.getgrnam(self.group).gr_gid if self.group else None
-        # The umask makes the socket private from the moment it exists (no chmod race).
-        old = os.umask(0o077 if gid is None else 0o007)
+        # The umask makes the socket 0600 from the moment it exists (no chmod race); the
+        # group is let in only once the socket belongs to that group.
+        old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
         finally:
