@@ -36,7 +36,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client import Session
-from client.cli.replicate import KEY_NOT_SYNCHRONIZED, USER_INCONSISTENT
+from client.cli.output import CliError
+from client.cli.replicate import KEY_NOT_SYNCHRONIZED, USER_INCONSISTENT, _insert_outcome
+from client.cluster import HsmMember, MemberOutcome
+from client.config import ServerEntry
+from client.errors import status_error
 from fixtures.clients import (
     CloudHsmCli,
     Credentials,
@@ -569,3 +573,21 @@ def test_a_clone_is_accepted_under_its_own_id_only_if_its_hsms_say_so(lineage: L
     mismatch = run_cli(impostor, ["user", "list", "--cluster-id", lineage.clone.cluster_id])
     assert mismatch["error_code"] == 1
     assert f"but the client expects cluster {lineage.clone.cluster_id}" in mismatch["data"]
+
+
+def test_refusals_by_some_destination_hsms_use_the_aws_count() -> None:
+    """When only some destination HSMs refuse, the AWS text counts them; when all refuse
+    for one precise reason, that reason is shown."""
+    members = [HsmMember(ServerEntry("127.0.0.1", port)) for port in (2223, 2224, 2225)]
+    clash = status_error(
+        Status.USER_EXISTS, "User bob exists on this HSM with different attributes"
+    )
+    some = [MemberOutcome(members[0], error=clash), *(MemberOutcome(m, {}) for m in members[1:])]
+    with pytest.raises(CliError) as counted:
+        _insert_outcome("User", some)
+    assert counted.value.message == "User replicate failed on 1 of 3 connections"
+    every = [MemberOutcome(m, error=clash) for m in members]
+    with pytest.raises(CliError) as precise:
+        _insert_outcome("User", every)
+    assert precise.value.message == "User bob exists on this HSM with different attributes"
+    _insert_outcome("Key", [MemberOutcome(m, {}) for m in members])
