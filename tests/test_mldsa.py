@@ -34,6 +34,14 @@ SIZES = {"ML-DSA-44": (1312, 2420), "ML-DSA-65": (1952, 3309), "ML-DSA-87": (259
 SPKI_HEADER = 22
 SEED_PKCS8 = 54
 MESSAGE = b"Release build 2026.12 signed for the long term"
+#: What ``key list --verbose`` shows of an ML-DSA key: the common attributes only (no
+#: modulus, curve or EC point; the parameter set shows in ``key-length-bytes``).
+VERBOSE_ATTRIBUTES = {
+    "always-sensitive", "check-value", "class", "decrypt", "derive", "destroyable", "encrypt",
+    "extractable", "id", "key-length-bytes", "key-type", "label", "local", "modifiable",
+    "never-extractable", "private", "sensitive", "sign", "token", "trusted", "unwrap",
+    "verify", "wrap", "wrap-with-trusted",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -387,7 +395,15 @@ def test_cli_generates_lists_signs_and_verifies(
     assert private["attributes"]["check-value"].startswith("0x")
     listed = user.ok("key", "list", "--filter", "attr.label=pq-cli-priv", "--verbose")
     (entry,) = listed["matched_keys"]
+    assert set(entry) == {"key-reference", "key-info", "attributes"}
+    assert set(entry["attributes"]) == VERBOSE_ATTRIBUTES
     assert entry["attributes"]["key-type"] == "mldsa"
+    by_type = user.ok(
+        "key", "list", "--filter", "attr.key-type=mldsa", "attr.label=pq-cli-pub"
+    )  # fmt: skip
+    assert [k["key-reference"] for k in by_type["matched_keys"]] == [
+        pair["public_key"]["key-reference"]
+    ]
     assert entry["attributes"]["sign"] is True
     # A token key: every HSM of the cluster holds it right after generation.
     assert cloudhsm_cluster.hsm_count == 3
