@@ -11,6 +11,7 @@ succeed while a signature with the same key is refused with ``KeyUnavailable``.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,15 +160,27 @@ def test_cli_generate_file_finds_and_exports_a_lagging_key(
     with Session.connect(lagging.cluster.config_path) as hsm:
         hsm.login(user.username, user.password)
         expected = hsm.export_public_key(lagging.public)
+    public = serialization.load_pem_public_key(expected)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    point = public.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+    def generate(encoding: str, end: str, path: Path) -> bytes:
+        envelope = run_cli(
+            lagging.cluster.config_path,
+            ["key", "generate-file", "--encoding", encoding, "--path", str(path),
+             "--filter", f"attr.label={lagging.label}-{end}"],
+            role="crypto-user",
+            pin=user.pin,
+        )  # fmt: skip
+        assert envelope["error_code"] == 0, envelope
+        return path.read_bytes()
+
     for n in range(ROUNDS):
         for end in ("pub", "priv"):
-            path = tmp_path / f"{end}-{n}.pem"
-            envelope = run_cli(
-                lagging.cluster.config_path,
-                ["key", "generate-file", "--encoding", "pem", "--path", str(path),
-                 "--filter", f"attr.label={lagging.label}-{end}"],
-                role="crypto-user",
-                pin=user.pin,
-            )  # fmt: skip
-            assert envelope["error_code"] == 0, envelope
-            assert path.read_bytes() == expected
+            assert generate("pem", end, tmp_path / f"{end}-{n}.pem") == expected
+        # The reference PEM carries the real public point, found on the HSM holding it.
+        reference_pem = generate("reference-pem", "priv", tmp_path / f"ref-{n}.pem")
+        body = b"".join(line for line in reference_pem.splitlines() if not line.startswith(b"-"))
+        assert point in base64.b64decode(body)
