@@ -305,6 +305,8 @@ class _Application:
         self._opening: asyncio.Lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._mfa: _MfaLogin | None = None
+        #: The last MFA login that waited for signatures, until a new one does.
+        self._last_mfa: _MfaLogin | None = None
         #: Why the last MFA login ended without the application (it timed out), told to
         #: each ``view.login_mfa`` until a new login starts.
         self._mfa_expired: str | None = None
@@ -346,6 +348,11 @@ class _Application:
             return await self._complete_mfa(args)
         view = await self._view()
         if op == "view.login":
+            ending = self._last_mfa.task if self._last_mfa is not None else None
+            if self._mfa is None and ending is not None and not ending.done():
+                # An abandoned MFA login may still be logging HSMs out: a new login that
+                # overtook it would be logged out with it.
+                await asyncio.wait({ending})
             self._mfa_expired = None
             username, role, password = (
                 str(args["username"]),
@@ -392,7 +399,7 @@ class _Application:
         if not pending.challenged.done():
             pending.challenged.cancel()
             return pending.task.result()
-        self._mfa = pending
+        self._mfa = self._last_mfa = pending
         pending.expiry = asyncio.ensure_future(self._expire(pending))
         return {"mfa_challenges": list(pending.tokens)}
 
