@@ -5,6 +5,7 @@ abandoned after ``--mfa-timeout`` / ``$CLOUDHSM_CLIENT_MFA_TIMEOUT`` seconds (de
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -15,9 +16,19 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from hypothesis import given
+from hypothesis import strategies as st
 
 from client import Session
-from client.daemon import MFA_TIMEOUT, MFA_TIMEOUT_ENV, DaemonView, default_mfa_timeout, main
+from client.daemon import (
+    MFA_TIMEOUT,
+    MFA_TIMEOUT_ENV,
+    DaemonView,
+    build_parser,
+    default_mfa_timeout,
+    main,
+    mfa_timeout_seconds,
+)
 from client.errors import AlreadyLoggedIn, InvalidArgument, LoginFailure, NotLoggedIn
 from fixtures.clients import Credentials, running_daemon
 from fixtures.cluster import ClusterUnderTest
@@ -199,3 +210,14 @@ def test_the_timeout_setting_is_checked(
         assert main(["--config", str(tmp_path / "none.cfg"), "--socket", socket]) == 1
         assert f"${MFA_TIMEOUT_ENV}: the MFA timeout must be" in capsys.readouterr().err
     assert not (tmp_path / "never.sock").exists()
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_a_timeout_is_any_finite_number_of_seconds_above_zero(seconds: float) -> None:
+    text = repr(seconds)
+    if 0 < seconds < float("inf"):
+        assert mfa_timeout_seconds(text) == seconds
+        assert build_parser().parse_args(["--mfa-timeout", text]).mfa_timeout == seconds
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="above 0"):
+            mfa_timeout_seconds(text)
