@@ -52,6 +52,7 @@ from client.errors import (
     HostError,
     HostUnreachable,
     HsmStatusError,
+    ProtocolViolation,
     RequestTimeout,
     status_error,
 )
@@ -641,6 +642,23 @@ class ClusterView:
     # -- sending --------------------------------------------------------------------------
 
     async def _call_member(self, member: HsmMember, op: str, args: dict[str, Any]) -> Any:
+        """One request on one HSM; a ``key.find`` answered in pages is read to its end on
+        that HSM and returned whole."""
+        result = await self._request(member, op, args)
+        if op != Op.KEY_FIND or not isinstance(result, dict):
+            return result
+        keys = list(result.get("keys") or ())
+        page = result
+        while isinstance(after := page.get("next_after"), int):
+            page = await self._request(member, op, {**args, "after": after})
+            if not isinstance(page, dict):
+                raise ProtocolViolation(f"HSM {member.name} answered a key.find page with {page!r}")
+            keys.extend(page.get("keys") or ())
+        whole = {name: value for name, value in result.items() if name != "next_after"}
+        whole["keys"] = keys
+        return whole
+
+    async def _request(self, member: HsmMember, op: str, args: dict[str, Any]) -> Any:
         """One request on one HSM, with busy retries; a broken channel marks the HSM down."""
         attempt = 0
         backoff = BUSY_BACKOFF

@@ -542,17 +542,15 @@ def test_key_info_names_the_owner_and_full_coverage(
 
 
 def key_count(cluster: ClusterUnderTest, user: Credentials) -> int:
-    """How many keys ``user`` sees, counted with the library's terse `key.find`.
+    """How many keys ``user`` sees, as `key list` counts them (a one-key page).
 
-    `key list` is not used for this: it fetches every match in full, and at a quota the
-    answer is larger than one message may be.
+    At a quota the listing is larger than one message may be: the HSM answers in pages
+    and the client reads them all, so the count is the whole of it.
     """
-
-    async def count(session: AsyncSession) -> int:
-        found = await session.call("key.find", {"verbose": False})
-        return len(found["keys"])
-
-    return with_library_session(cluster, user, count)
+    listed = CloudHsmCli(cluster, user).ok("key", "list", "--max-items", "1")
+    assert listed["returned_key_count"] == 1
+    count: int = listed["total_key_count"]
+    return count
 
 
 def one_hsm_cluster(

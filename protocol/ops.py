@@ -173,8 +173,10 @@ SHAPES: dict[Op, OpShape] = {
         "{public_key: key object, private_key: key object}",
     ),
     Op.KEY_FIND: OpShape(
-        "{filter?: {attribute name: value}, key_reference?: int, verbose?: bool}",
-        "{keys: [key object]} (visible keys only: owned, shared, and every public key)",
+        "{filter?: {attribute name: value}, key_reference?: int, verbose?: bool, after?: int}",
+        "{keys: [key object], next_after?: int} (visible keys only: owned, shared, and every "
+        "public key; in reference order, after the reference ``after``; ``next_after`` when "
+        "the page is full: ask again with after=next_after for the rest)",
     ),
     Op.KEY_GET: OpShape("{key_reference}", "{key: key object}"),
     Op.KEY_SET_ATTRIBUTE: OpShape("{key_reference, name, value, approval?}", "{key: key object}"),

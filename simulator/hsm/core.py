@@ -26,6 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from protocol.messages import encode_cbor
 from protocol.ops import Op
 from protocol.status import Status
 from simulator.errors import HsmError, SimulatorError
@@ -60,6 +61,10 @@ from simulator.hsm.store import Store
 from simulator.hsm.users import ADMIN, APPLIANCE, CRYPTO_USER, UNACTIVATED_ADMIN, User
 
 _log = logging.getLogger(__name__)
+
+#: Most encoded bytes of key objects in one ``key.find`` answer (a page): half the
+#: message limit, leaving room for the envelope and one more key of any size.
+FIND_PAGE_BYTES = 512 * 1024
 
 #: Roles allowed to run each op; ``None`` = no login needed (spec §3.2).
 _ANYONE = None
@@ -1385,7 +1390,21 @@ class Hsm:
             candidates = [r for r in candidates if r.handle == reference]
         if key_filter:
             candidates = [r for r in candidates if attribute_matches(r.attrs, key_filter)]
-        return {"keys": [r.key_object(verbose=verbose) for r in candidates]}
+        after = arg.handle(args, "after", required=False)
+        if after is not None:
+            candidates = [r for r in candidates if r.handle > after]
+        # A listing comes in pages: a user at the key quota sees thousands of keys, and
+        # the whole answer would outgrow one message. Candidates are in handle order, so
+        # ``next_after`` (the last handle sent) lets the client ask for the rest.
+        keys: list[Any] = []
+        size = 0
+        for record in candidates:
+            found = record.key_object(verbose=verbose)
+            size += len(encode_cbor(found))
+            if keys and size > FIND_PAGE_BYTES:
+                return {"keys": keys, "next_after": keys[-1]["key-reference"]}
+            keys.append(found)
+        return {"keys": keys}
 
     def _visible_record(self, session: Session, handle: int) -> KeyRecord:
         assert session.username is not None
