@@ -41,13 +41,14 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from client.config import ClientConfig, ClusterConfig, ServerEntry, load_config
 from client.connection import ChannelSettings, HsmConnection
 from client.errors import (
     ClientError,
+    ClusterMismatch,
     ConnectionLost,
     HostError,
     HostUnreachable,
@@ -233,6 +234,37 @@ class _Credentials:
     password: str = field(repr=False)
 
 
+async def _open_clone(
+    make: Callable[[ChannelSettings], ClusterView], settings: ChannelSettings
+) -> ClusterView | None:
+    """The view of a cluster created from another cluster's backup (a clone), or None.
+
+    A clone's HSMs restore the backed-up cluster's certificate (no new ceremony, spec
+    §10.1), so they present a certificate, and announce an identity, naming the cluster
+    the backup came from, while the configuration (``cloudhsm-configure add-cluster``)
+    names the clone by its own id, and the channel's identity check refuses them. The
+    view is opened again with the identity taken from the certificate (still verified
+    against ``customerCA.crt``, and still required to match what the host announces),
+    and every HSM is asked which cluster it belongs to (``hsm.info``, over the
+    authenticated channel): only when each one answers the configured id is it accepted.
+    """
+    expected = settings.expected_cluster_id
+    if expected is None:
+        return None
+    view = make(replace(settings, expected_cluster_id=None))
+    try:
+        await view.connect()
+        outcomes = await view.fan_out(Op.HSM_INFO, {})
+    except ClientError:
+        await view.close()
+        return None
+    answers = [o.result for o in outcomes if o.ok and isinstance(o.result, dict)]
+    if len(answers) != len(outcomes) or any(a.get("cluster-id") != expected for a in answers):
+        await view.close()
+        return None
+    return view
+
+
 class ClusterView:
     """Every HSM of one configured cluster, used as one cluster."""
 
@@ -299,16 +331,27 @@ class ClusterView:
         cluster = config.select(cluster_id)
         if discover is None:
             discover = cluster.cluster_id is None
-        view = cls(
-            cluster,
-            channel_settings(cluster, cluster_id=cluster_id),
-            retry_mode=config.default_retry_mode,
-            key_availability_check=not config.disable_key_availability_check,
-            connector=connector,
-            discover=discover,
-            membership_refresh=membership_refresh,
-        )
-        await view.connect()
+
+        def make(settings: ChannelSettings) -> ClusterView:
+            return cls(
+                cluster,
+                settings,
+                retry_mode=config.default_retry_mode,
+                key_availability_check=not config.disable_key_availability_check,
+                connector=connector,
+                discover=discover,
+                membership_refresh=membership_refresh,
+            )
+
+        settings = channel_settings(cluster, cluster_id=cluster_id)
+        view = make(settings)
+        try:
+            await view.connect()
+        except ClusterMismatch as mismatch:
+            clone = await _open_clone(make, settings)
+            if clone is None:
+                raise mismatch from None
+            view = clone
         if discover:
             try:
                 await view.learn_membership(wait=True)

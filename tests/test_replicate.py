@@ -575,6 +575,16 @@ def test_a_clone_is_accepted_under_its_own_id_only_if_its_hsms_say_so(lineage: L
     assert f"but the client expects cluster {lineage.clone.cluster_id}" in mismatch["data"]
 
 
+def test_the_library_reaches_a_clone_under_its_own_id(lineage: Lineage) -> None:
+    """The same acceptance is the cluster view's, so applications (and the daemon) reach
+    a clone named by its own id in a multi-cluster configuration, as the CLI does."""
+    config = lineage.config(lineage.clone)
+    with Session.connect(config, cluster_id=lineage.clone.cluster_id) as hsm:
+        assert {info["cluster-id"] for info in hsm.hsm_info()} == {lineage.clone.cluster_id}
+        hsm.login(lineage.owner.username, lineage.owner.password, role=lineage.owner.role)
+        assert hsm.logged_in_as == (lineage.owner.username, lineage.owner.role)
+
+
 def test_refusals_by_some_destination_hsms_use_the_aws_count() -> None:
     """When only some destination HSMs refuse, the AWS text counts them; when all refuse
     for one precise reason, that reason is shown."""

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from client.cli.clones import open_view
 from client.cli.output import CliError
 from client.cli.results import login_refusal
 from client.cluster import ClusterView
@@ -79,7 +78,7 @@ class CliContext:
         key = config.select(cluster_id).cluster_id or cluster_id
         view = self._views.get(key)
         if view is None:
-            view = await open_view(config, cluster_id)
+            view = await ClusterView.open(config, cluster_id)
             self._views[key] = view
         return view
 
