@@ -102,7 +102,7 @@ SHAPES: dict[Op, OpShape] = {
         "{}",
         "{vendor, model, serial-number, hardware-version-major, hardware-version-minor, "
         "firmware-version-major, firmware-version-minor, firmware-build-number, firmware-id, "
-        "fips-state, hsm-id, cluster-id, hsm-type}",
+        "fips-state, hsm-id, cluster-id, hsm-type, mode: FIPS|NON_FIPS}",
     ),
     Op.USER_LIST: OpShape(
         "{}",

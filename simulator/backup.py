@@ -16,7 +16,9 @@ the associated data, so a backup file cannot be passed off as another.
 Backups are taken when a cluster is activated, when an HSM is added to or
 removed from an active cluster (spec §10.1), and never on demand. They outlive
 their cluster: ``CreateCluster(SourceBackupId=...)`` restores one into a new
-cluster that comes up with its users and keys, without a ceremony.
+cluster that comes up with its users and keys, without a ceremony. A backup
+carries its cluster's mode (``Mode`` in DescribeBackups) and restores only into a
+cluster of the same mode.
 """
 
 from __future__ import annotations
@@ -152,13 +154,20 @@ class BackupVault:
         return found
 
     def put(
-        self, record_cluster: str, hsm_type: str, source_hsm_id: str, content: BackupContent
+        self,
+        record_cluster: str,
+        hsm_type: str,
+        source_hsm_id: str,
+        content: BackupContent,
+        mode: str = "FIPS",
     ) -> BackupRecord:
+        """Seal and keep a backup; ``mode`` is the backed-up cluster's (FIPS or NON_FIPS)."""
         record = BackupRecord(
             backup_id=ids.new_backup_id(),
             cluster_id=record_cluster,
             create_timestamp=round(time.time(), 3),
             hsm_type=hsm_type,
+            mode=mode,
             source_hsm_id=source_hsm_id,
         )
         nonce = secrets.token_bytes(_NONCE_BYTES)

@@ -2,7 +2,8 @@
 
 Commands::
 
-    cloudhsm-local up [--hsms 3] [--hsm-type hsm2m.medium] [--data-dir DIR] [--no-initialize]
+    cloudhsm-local up [--hsms 3] [--hsm-type hsm2m.medium] [--mode fips|non-fips]
+                      [--data-dir DIR] [--no-initialize]
                       [--customer-ca-cert F --customer-ca-key F] [--ready-file PATH] [--host H]
     cloudhsm-local cluster describe [--data-dir DIR | --endpoint URL] [--cluster-id ID]
     cloudhsm-local cluster csr [--data-dir DIR | --endpoint URL] [--cluster-id ID] [--out F]
@@ -15,7 +16,9 @@ Commands::
 
 ``up`` creates (or reopens) the cluster in the data directory, runs the
 initialization ceremony unless told not to, writes the files a client needs and
-serves until SIGINT or SIGTERM. The ``cluster`` commands are thin clients of the
+serves until SIGINT or SIGTERM. ``--mode`` picks the mode of a new cluster (FIPS by
+default; non-FIPS needs hsm2m.medium); the mode is fixed at creation, so a reopened
+cluster keeps its own and ``--mode`` naming another is refused. The ``cluster`` commands are thin clients of the
 control-plane API (the same requests ``aws cloudhsmv2`` would send).
 """
 
@@ -53,9 +56,13 @@ from simulator.cluster import (
 )
 from simulator.errors import SimulatorError
 from simulator.hsm.audit import render_json_lines, render_text
+from simulator.hsm.identity import FIPS, NON_FIPS
 from simulator.sync import DEFAULT_LAG
 
 DEFAULT_DATA_DIR = Path("cloudhsm-local-data")
+
+#: ``--mode`` values and the API's ``Mode`` each one means.
+MODE_OPTIONS = {"fips": FIPS, "non-fips": NON_FIPS}
 
 #: Held (flock) by the `up` serving a data directory; holds its pid.
 LOCK_FILE = "up.lock"
@@ -126,7 +133,8 @@ async def _wait_accepting(cluster: LocalCluster) -> None:
 
 def _summary(cluster: LocalCluster, data_dir: Path, config_path: Path) -> str:
     lines = [
-        f"cloudhsm-local: cluster {cluster.cluster_id} ({cluster.record.hsm_type}) is {cluster.state}",
+        f"cloudhsm-local: cluster {cluster.cluster_id} ({cluster.record.hsm_type}, "
+        f"{cluster.record.mode} mode) is {cluster.state}",
         f"  data dir       {data_dir}",
         f"  control plane  {cluster.control_plane_url}   (BaldrApiService, any credentials)",
     ]
@@ -161,6 +169,7 @@ def _ready_document(cluster: LocalCluster, data_dir: Path, config_path: Path) ->
         "cluster_id": cluster.cluster_id,
         "state": cluster.state,
         "hsm_type": cluster.record.hsm_type,
+        "mode": cluster.record.mode,
         "hsms": [
             {"hsm_id": hsm_id, "host": host, "port": port}
             for hsm_id, host, port in cluster.addresses()
@@ -215,15 +224,23 @@ async def _up(args: argparse.Namespace) -> int:
         else None
     )
     reopened = (data_dir / CLUSTER_FILE).exists()
+    mode = MODE_OPTIONS[args.mode or "fips"]
     cluster = await LocalCluster.create(
         data_dir,
         hsms=args.hsms,
         hsm_type=args.hsm_type,
         host=args.host,
+        mode=mode,
         sync_lag=args.sync_lag,
         fault_seed=args.fault_seed,
         allow_list=args.allow or DEFAULT_ALLOW_LIST,
     )
+    if reopened and args.mode is not None and cluster.record.mode != mode:
+        # Opening changed nothing yet; the mode is fixed when a cluster is created.
+        raise CommandError(
+            f"the cluster in {data_dir} is in {cluster.record.mode} mode; a cluster's mode is "
+            f"fixed at creation (omit --mode, or choose another --data-dir for a {mode} cluster)"
+        )
     if reopened and len(cluster.record.hsms) != args.hsms and args.hsms_given:
         print(
             f"cloudhsm-local: reopening {data_dir}: the cluster has {len(cluster.record.hsms)} HSMs "
@@ -560,6 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="create or reopen a cluster and serve it until stopped")
     up.add_argument("--hsms", type=_positive_hsms, default=None, help="number of HSMs (default 3)")
     up.add_argument("--hsm-type", choices=HSM_TYPES, default="hsm2m.medium")
+    up.add_argument(
+        "--mode",
+        choices=tuple(MODE_OPTIONS),
+        default=None,
+        help="cluster mode of a new cluster (default fips; non-fips needs hsm2m.medium); "
+        "a reopened cluster keeps the mode it was created with",
+    )
     up.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     up.add_argument(
         "--no-initialize",

@@ -51,6 +51,7 @@ from simulator.errors import SimulatorError
 from simulator.faults import FaultController, FaultyHsm
 from simulator.host import ServerHost
 from simulator.hsm import Hsm, HsmIdentity
+from simulator.hsm.identity import FIPS, MODES, NON_FIPS
 from simulator.hsm.membership import MemberAddress, Membership
 from simulator.sync import DEFAULT_LAG, KeySync
 
@@ -308,13 +309,16 @@ class LocalCluster:
         hsm_type: str = "hsm2m.medium",
         *,
         host: str = "127.0.0.1",
+        mode: str = FIPS,
         **options: Any,
     ) -> LocalCluster:
         """Open the cluster in ``data_dir`` if it has one, else make a new one there.
 
         Options: ``allow_list``, ``initialize_delay`` (seconds InitializeCluster
         takes), ``control_plane`` (serve the API), ``sync_lag`` (seconds before the
-        server-side sync copies a key), ``fault_seed``. Creation does the CPU-heavy
+        server-side sync copies a key), ``fault_seed``. ``mode`` (FIPS or NON_FIPS) applies
+        to a new cluster only: a reopened one keeps the mode it was created with. Creation
+        does the CPU-heavy
         key generation in a worker thread so a loop serving other clusters stays
         responsive.
         """
@@ -323,9 +327,10 @@ class LocalCluster:
             return await asyncio.to_thread(cls._open, path, **options)
         if hsm_type not in HSM_TYPES:
             raise ClusterError(f"Provided HsmType is not supported: {hsm_type!r}.")
+        check_mode(hsm_type, mode)
         if not 1 <= hsms <= MAX_HSMS:
             raise ClusterError(f"A cluster holds 1 to {MAX_HSMS} HSMs; asked for {hsms}.")
-        return await asyncio.to_thread(cls._new, path, hsms, hsm_type, host, **options)
+        return await asyncio.to_thread(cls._new, path, hsms, hsm_type, host, mode=mode, **options)
 
     @classmethod
     def _new(
@@ -339,6 +344,7 @@ class LocalCluster:
         source_backup_id: str | None = None,
         roots: pki.VendorRoots | None = None,
         subnet_ids: Sequence[str] | None = None,
+        mode: str = FIPS,
         **options: Any,
     ) -> LocalCluster:
         cluster_id = ids.new_cluster_id()
@@ -354,6 +360,7 @@ class LocalCluster:
             security_group=ids.new_security_group_id(),
             subnet_mapping=subnet_mapping,
             host=host,
+            mode=mode,
         )
         roots = roots or pki.VendorRoots.generate()
         if restore is not None:
@@ -576,6 +583,7 @@ class LocalCluster:
             cluster_id=self.cluster_id,
             serial=hsm_record.serial,
             hsm_type=self.record.hsm_type,
+            mode=self.record.mode,
         )
 
     def _hsm_path(self, hsm_id: str) -> Path | None:
@@ -919,7 +927,12 @@ class LocalCluster:
             source_cluster_id=self.cluster_id,
         )
         return await asyncio.to_thread(
-            self.vault.put, self.cluster_id, self.record.hsm_type, source.record.hsm_id, content
+            self.vault.put,
+            self.cluster_id,
+            self.record.hsm_type,
+            source.record.hsm_id,
+            content,
+            self.record.mode,
         )
 
     async def create_cluster(
@@ -927,9 +940,23 @@ class LocalCluster:
         hsm_type: str,
         subnet_ids: Sequence[str],
         source_backup_id: str | None = None,
+        mode: str = FIPS,
     ) -> LocalCluster:
-        """CreateCluster on this control plane: a new cluster with no HSMs yet."""
-        restore = self.vault.content(source_backup_id) if source_backup_id else None
+        """CreateCluster on this control plane: a new cluster with no HSMs yet.
+
+        A backup restores only into a cluster of its own mode (UG ``cluster-hsm-types``:
+        a FIPS backup restores FIPS clusters only, a non-FIPS one non-FIPS clusters only).
+        """
+        check_mode(hsm_type, mode)
+        restore = None
+        if source_backup_id:
+            backup = self.vault.record(source_backup_id)
+            if backup.mode != mode:
+                raise ClusterError(
+                    f"Backup {source_backup_id} was taken from a {backup.mode} cluster and can "
+                    f"only be restored into a cluster in {backup.mode} mode, not {mode}."
+                )
+            restore = self.vault.content(source_backup_id)
         child = await asyncio.to_thread(
             LocalCluster._new,
             None,
@@ -940,6 +967,7 @@ class LocalCluster:
             source_backup_id=source_backup_id,
             roots=self.roots,
             subnet_ids=subnet_ids,
+            mode=mode,
             control_plane=False,
             vault=self.vault,
             registry=self.registry,
@@ -1158,6 +1186,19 @@ class LocalCluster:
         )
         pki.write_public(target, (json.dumps(config, indent=2) + "\n").encode())
         return target
+
+
+def check_mode(hsm_type: str, mode: str) -> None:
+    """A known mode, and non-FIPS only on hsm2m.medium (UG ``cluster-hsm-types``)."""
+    if mode not in MODES:
+        raise ClusterError(
+            f"1 validation error detected: Value '{mode}' at 'mode' failed to satisfy "
+            f"constraint: Member must satisfy enum value set: [{', '.join(MODES)}]"
+        )
+    if mode == NON_FIPS and hsm_type != "hsm2m.medium":
+        raise ClusterError(
+            f"Mode {NON_FIPS} is only available with HsmType hsm2m.medium, not {hsm_type}."
+        )
 
 
 def _is_initialized(hsm: Hsm) -> bool:

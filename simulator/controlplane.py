@@ -338,9 +338,9 @@ class ControlPlane:
             raise invalid_request(
                 "SubnetIds must be a list of 1 to 10 subnet ids (subnet-[0-9a-fA-F]{8,17})."
             )
-        mode = body.get("Mode", "FIPS")
-        if mode != "FIPS":
-            raise invalid_request("cloudhsm-local simulates FIPS-mode clusters only.")
+        mode = _require_string(body, "Mode", required=False)
+        if mode is None:
+            mode = "FIPS"  # the service's default (BOTO: Mode is optional)
         source = _require_string(body, "SourceBackupId", required=False)
         if source is not None:
             # An ARN names the backup too (cross-account restores use ARNs).
@@ -348,7 +348,7 @@ class ControlPlane:
             if not ids.is_backup_id(source):
                 raise invalid_request(f"SourceBackupId {source!r} is not a backup id or ARN.")
         root = self.root
-        cluster = await self._guard(root.create_cluster(hsm_type, subnets, source))
+        cluster = await self._guard(root.create_cluster(hsm_type, subnets, source, mode))
         # As the service answers (spec §11.5): CREATE_IN_PROGRESS, no certificates yet;
         # DescribeClusters shows where it settled (UNINITIALIZED, or the restored state).
         answer = await cluster.describe()

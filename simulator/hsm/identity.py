@@ -1,4 +1,10 @@
-"""Who an HSM is: its ids, serial number and instance type, and what ``hsm.info`` shows."""
+"""Who an HSM is: its ids, serial number, instance type and cluster mode, and what
+``hsm.info`` shows.
+
+The mode (``FIPS`` or ``NON_FIPS``) is the cluster's, fixed when the cluster is
+created; an HSM keeps it so its policy checks (Ed25519 keys and ed25519ph exist in
+non-FIPS mode only) and its ``fips-state`` need no call back to the cluster.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 HSM_TYPES = ("hsm2m.medium", "hsm1.medium")
+#: Cluster modes (BOTO enum ``ClusterMode``); non-FIPS exists on hsm2m.medium only.
+MODES = ("FIPS", "NON_FIPS")
+FIPS, NON_FIPS = MODES
+#: ``fips-state`` as ``cluster hsm-info`` prints it, per mode (AWS CLI page for
+#: ``cluster hsm-info``: "0 [non-FIPS mode with single factor authentication]" in non-FIPS mode).
+FIPS_STATES = {
+    FIPS: "2 [FIPS mode with single factor authentication]",
+    NON_FIPS: "0 [non-FIPS mode with single factor authentication]",
+}
 _HSM_ID = re.compile(r"hsm-[2-7a-zA-Z]{11,16}")
 _CLUSTER_ID = re.compile(r"cluster-[2-7a-zA-Z]{11,16}")
 
@@ -23,7 +38,6 @@ _DEVICE: dict[str, dict[str, str]] = {
         "firmware-version-minor": "6",
         "firmware-build-number": "16",
         "firmware-id": "CNN35XX-NFBE-FW-2.06-16",
-        "fips-state": "2 [FIPS mode with single factor authentication]",
     },
     "hsm2m.medium": {
         "vendor": "Marvell Semiconductors, Inc.",
@@ -34,7 +48,6 @@ _DEVICE: dict[str, dict[str, str]] = {
         "firmware-version-minor": "3",
         "firmware-build-number": "5",
         "firmware-id": "CN10KXX-NFBE-FW-3.03-05",
-        "fips-state": "2 [FIPS mode with single factor authentication]",
     },
 }
 
@@ -45,6 +58,7 @@ class HsmIdentity:
     cluster_id: str  # "cluster-" + 11 chars
     serial: str  # e.g. "5.3G1941-ICM000590"
     hsm_type: str  # "hsm2m.medium" | "hsm1.medium"
+    mode: str = FIPS  # "FIPS" | "NON_FIPS", the cluster's
 
     def __post_init__(self) -> None:
         if not _HSM_ID.fullmatch(self.hsm_id):
@@ -53,8 +67,16 @@ class HsmIdentity:
             raise ValueError(f"bad cluster id {self.cluster_id!r}")
         if self.hsm_type not in HSM_TYPES:
             raise ValueError(f"HSM type must be one of {HSM_TYPES}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if self.mode == NON_FIPS and self.hsm_type != "hsm2m.medium":
+            raise ValueError("non-FIPS mode is only available with hsm2m.medium")
         if not self.serial or len(self.serial) > 64:
             raise ValueError("serial must be 1 to 64 characters")
+
+    @property
+    def fips(self) -> bool:
+        return self.mode == FIPS
 
     def info(self) -> dict[str, Any]:
         """The ``hsm.info`` result: the CLI's hsm-info fields plus our ids."""
@@ -64,7 +86,9 @@ class HsmIdentity:
             "model": device["model"],
             "serial-number": self.serial,
             **{k: v for k, v in device.items() if k not in ("vendor", "model")},
+            "fips-state": FIPS_STATES[self.mode],
             "hsm-id": self.hsm_id,
             "cluster-id": self.cluster_id,
             "hsm-type": self.hsm_type,
+            "mode": self.mode,
         }
