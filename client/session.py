@@ -458,17 +458,21 @@ class AsyncSession:
     async def import_public_key(
         self, pem: bytes, label: str, *, attributes: Mapping[str, Any] | None = None
     ) -> Key:
-        """Import an RSA or EC public key from PEM."""
+        """Import an RSA, EC or ML-DSA public key from PEM (ML-DSA: hsm2m.medium only)."""
         from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
 
         public = serialization.load_pem_public_key(pem)
         if isinstance(public, rsa.RSAPublicKey):
             key_type = "rsa"
         elif isinstance(public, ec.EllipticCurvePublicKey):
             key_type = "ec"
+        elif isinstance(
+            public, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
+        ):
+            key_type = "mldsa"
         else:
-            raise ClientError("Only RSA and EC public keys can be imported")
+            raise ClientError("Only RSA, EC and ML-DSA public keys can be imported")
         call = _creation(
             {"key_class": "public-key", "key_type": key_type, "pem": pem, "label": label},
             session=False,

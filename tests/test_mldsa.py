@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import mldsa
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, x25519
 from faker import Faker
 from hsm_support import activated_hsm, admin_session, call, crypto_user, identity, refused
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from client import Session
 from client.cli.crypto import salt_message
+from client.errors import ClientError, HsmStatusError
 from fixtures.clients import CloudHsmCli, Credentials, admin_credentials
 from fixtures.cluster import ClusterFactory, ClusterUnderTest
 from protocol.status import Status
@@ -479,7 +480,9 @@ def test_cli_external_mu_and_bad_algorithm(
     )  # fmt: skip
 
 
-def test_cli_on_an_hsm1_cluster_refuses_ml_dsa(cluster_factory: ClusterFactory) -> None:
+def test_cli_on_an_hsm1_cluster_refuses_ml_dsa(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
     cluster = cluster_factory(hsms=2, hsm_type="hsm1.medium")
     admin = CloudHsmCli(cluster, admin_credentials(cluster))
     user = Credentials("pquser", "pq-password-1", "crypto-user")
@@ -490,7 +493,185 @@ def test_cli_on_an_hsm1_cluster_refuses_ml_dsa(cluster_factory: ClusterFactory) 
         "key", "generate-asymmetric-pair", "ml-dsa", "--mldsa-algorithm", "ML-DSA-44",
         "--public-label", "p", "--private-label", "q",
     ) == "ML-DSA keys are only supported on hsm2m.medium, not hsm1.medium"  # fmt: skip
+    # An ML-DSA public key PEM: the HSM's refusal reaches the user, by CLI and by library.
+    pem = tmp_path / "pq.pem"
+    pem.write_bytes(_spki_pem(mldsa.MLDSA44PrivateKey.generate().public_key()))
+    assert cli.error(
+        "key", "import", "pem", "--path", str(pem), "--label", "pq",
+        "--key-type-class", "mldsa-public",
+    ) == "ML-DSA keys are only supported on hsm2m.medium, not hsm1.medium"  # fmt: skip
+    with Session.connect(cluster.config_path) as library:
+        library.login(user.username, user.password, role=user.role)
+        with pytest.raises(HsmStatusError) as refusal:
+            library.import_public_key(pem.read_bytes(), "pq")
+    assert refusal.value.status is Status.MECHANISM_INVALID
+    assert (
+        refusal.value.message == "ML-DSA keys are only supported on hsm2m.medium, not hsm1.medium"
+    )
     assert cli.ok("key", "list")["total_key_count"] == 0
+
+
+# -- cloudhsm-cli: key import pem, key unwrap, key generate-file reference-pem ----------------
+
+
+def _spki_pem(
+    public: mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey,
+) -> bytes:
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _der_items(der: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, body) items of one DER level (definite lengths only, as DER has)."""
+    items = []
+    while der:
+        tag, size, offset = der[0], der[1], 2
+        if size & 0x80:
+            count = size & 0x7F
+            size, offset = int.from_bytes(der[2 : 2 + count], "big"), 2 + count
+        items.append((tag, der[offset : offset + size]))
+        der = der[offset + size :]
+    return items
+
+
+def test_cli_imports_an_ml_dsa_public_key_like_rsa_and_ec(
+    cli: CloudHsmCli, crypto_user: Callable[[], Credentials], tmp_path: Path, faker: Faker
+) -> None:
+    user = cli.as_user(crypto_user())
+    outside = mldsa.MLDSA65PrivateKey.generate()
+    pem = tmp_path / "outside.pem"
+    pem.write_bytes(_spki_pem(outside.public_key()))
+    label = f"pq-import-{faker.user_name()}"
+    imported = user.ok(
+        "key", "import", "pem", "--path", str(pem), "--label", label,
+        "--key-type-class", "mldsa-public", "--attributes", "verify=true", "id=0x0a0b",
+    )["key"]  # fmt: skip
+    attributes = imported["attributes"]
+    assert (attributes["key-type"], attributes["class"]) == ("mldsa", "public-key")
+    assert (attributes["label"], attributes["id"]) == (label, "0x0a0b")
+    assert (attributes["local"], attributes["verify"], attributes["token"]) == (False, True, True)
+    assert attributes["key-length-bytes"] == SPKI_HEADER + SIZES["ML-DSA-65"][0]
+    assert imported["key-info"]["cluster-coverage"] == "full"
+    # What cryptography signed, the imported key verifies (and refuses once changed).
+    data = tmp_path / "data.bin"
+    data.write_bytes(faker.paragraph().encode())
+    signature = base64.b64encode(outside.sign(data.read_bytes())).decode()
+    verify = (
+        "crypto", "verify", "ml-dsa", "--key-filter", f"attr.label={label}",
+        "--data-type", "raw", "--data-path", str(data),
+    )  # fmt: skip
+    assert user.ok(*verify, "--signature", signature) == {
+        "message": "Signature verified successfully"
+    }
+    other = base64.b64encode(outside.sign(b"another message")).decode()
+    assert user.error(*verify, "--signature", other) == "Signature verification failed"
+    # Exported again, it is the same public key.
+    exported = tmp_path / "exported.pem"
+    user.ok(
+        "key", "generate-file", "--encoding", "pem", "--path", str(exported),
+        "--filter", f"attr.label={label}",
+    )  # fmt: skip
+    again = serialization.load_pem_public_key(exported.read_bytes())
+    assert isinstance(again, mldsa.MLDSA65PublicKey)
+    assert again.public_bytes_raw() == outside.public_key().public_bytes_raw()
+    # The class must name the PEM's key type, either way round; nothing is created.
+    before = user.ok("key", "list")["total_key_count"]
+    assert user.error(
+        "key", "import", "pem", "--path", str(pem), "--label", "as-ec",
+        "--key-type-class", "ec-public",
+    ) == "The key is an mldsa key, not ec"  # fmt: skip
+    ec_pem = tmp_path / "ec.pem"
+    ec_pem.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert user.error(
+        "key", "import", "pem", "--path", str(ec_pem), "--label", "as-mldsa",
+        "--key-type-class", "mldsa-public",
+    ) == "The key is an ec key, not mldsa"  # fmt: skip
+    assert user.ok("key", "list")["total_key_count"] == before
+
+
+def test_cli_wraps_an_ml_dsa_private_key_but_refuses_to_unwrap_one(
+    cli: CloudHsmCli, crypto_user: Callable[[], Credentials]
+) -> None:
+    user = cli.as_user(crypto_user())
+    _cli_pair(user, "ML-DSA-44", "pq-wrap")
+    user.ok(
+        "key", "generate-symmetric", "aes", "--label", "pq-kek", "--key-length-bytes", "32",
+        "--attributes", "wrap=true", "unwrap=true",
+    )  # fmt: skip
+    wrapped = user.ok(
+        "key", "wrap", "aes-pkcs5-pad", "--payload-filter", "attr.label=pq-wrap-priv",
+        "--wrapping-filter", "attr.label=pq-kek",
+    )["wrapped_key_data"]  # fmt: skip
+    before = user.ok("key", "list")["total_key_count"]
+    unwrap = (
+        "key", "unwrap", "aes-pkcs5-pad", "--filter", "attr.label=pq-kek",
+        "--label", "pq-unwrapped", "--data", wrapped, "--key-type-class",
+    )  # fmt: skip
+    # The AWS key unwrap page: ML-DSA keys cannot be unwrapped, only generated in the HSM.
+    assert user.error(*unwrap, "mldsa-private") == (
+        "ML-DSA keys cannot be unwrapped: generate them in the HSM with "
+        "key generate-asymmetric-pair ml-dsa"
+    )
+    # Refused before anything is read or sent: even bad data and a bad filter read the same.
+    assert user.error(
+        "key", "unwrap", "aes-pkcs5-pad", "--filter", "label=nobody", "--label", "x",
+        "--data", "not base64!", "--key-type-class", "mldsa-private",
+    ).startswith("ML-DSA keys cannot be unwrapped")  # fmt: skip
+    # Named as another type, the HSM refuses the ML-DSA bytes.
+    assert user.error(*unwrap, "ec-private") == "The key is an mldsa key, not ec"
+    assert user.ok("key", "list")["total_key_count"] == before
+
+
+@pytest.mark.parametrize(("algorithm", "oid_tail"), [("ML-DSA-44", 0x11), ("ML-DSA-87", 0x13)])
+def test_cli_reference_pem_of_an_ml_dsa_private_key(
+    cli: CloudHsmCli,
+    crypto_user: Callable[[], Credentials],
+    tmp_path: Path,
+    algorithm: str,
+    oid_tail: int,
+) -> None:
+    user = cli.as_user(crypto_user())
+    label = f"pq-ref-{oid_tail}"
+    pair = _cli_pair(user, algorithm, label)
+    fake, public_pem = tmp_path / "fake.pem", tmp_path / "public.pem"
+    assert user.ok(
+        "key", "generate-file", "--encoding", "reference-pem", "--path", str(fake),
+        "--filter", f"attr.label={label}-priv",
+    ) == {"message": f"Successfully generated key file {fake}"}  # fmt: skip
+    assert fake.stat().st_mode & 0o777 == 0o600
+    user.ok(
+        "key", "generate-file", "--encoding", "pem", "--path", str(public_pem),
+        "--filter", f"attr.label={label}-pub",
+    )  # fmt: skip
+    public = serialization.load_pem_public_key(public_pem.read_bytes())
+    assert isinstance(public, mldsa.MLDSA44PublicKey | mldsa.MLDSA87PublicKey)
+    text = fake.read_text()
+    assert text.startswith("-----BEGIN PRIVATE KEY-----\n")
+    assert text.endswith("-----END PRIVATE KEY-----\n")
+    der = base64.b64decode("".join(text.splitlines()[1:-1]))
+    ((outer_tag, body),) = _der_items(der)
+    assert outer_tag == 0x30
+    version, algorithm_id, private_key, public_key = _der_items(body)
+    assert version == (0x02, b"\x01")  # OneAsymmetricKey v2: it carries the public key
+    # id-ml-dsa-44/65/87 = 2.16.840.1.101.3.4.3.17/18/19, without parameters.
+    assert algorithm_id == (0x30, bytes.fromhex("06096086480165030403") + bytes([oid_tail]))
+    reference = int(pair["private_key"]["key-reference"], 16)
+    # The 32-byte seed is the key reference: no private material leaves the HSM.
+    assert private_key == (0x04, b"\x80\x20" + reference.to_bytes(32, "big"))
+    assert public_key == (0x81, b"\x00" + public.public_bytes_raw())
+    # Without its public half the parameter set is unknown: refused, no file written.
+    user.ok("key", "delete", "--filter", f"attr.label={label}-pub")
+    missing = tmp_path / "missing.pem"
+    assert user.error(
+        "key", "generate-file", "--encoding", "reference-pem", "--path", str(missing),
+        "--filter", f"attr.label={label}-priv",
+    ) == "The ML-DSA key's public key is not available"  # fmt: skip
+    assert not missing.exists()
 
 
 # -- rsa-pkcs-pss: salt errors name the CLI option ---------------------------------------------
@@ -568,3 +749,29 @@ def test_library_generates_signs_and_verifies(crypto_session: Session) -> None:
     public = serialization.load_pem_public_key(crypto_session.export_public_key(pair.public))
     assert isinstance(public, mldsa.MLDSA44PublicKey)
     public.verify(signature, MESSAGE)
+
+
+def test_library_imports_an_ml_dsa_public_key_that_verifies(crypto_session: Session) -> None:
+    outside = mldsa.MLDSA87PrivateKey.generate()
+    imported = crypto_session.import_public_key(
+        _spki_pem(outside.public_key()), "lib-pq-imported", attributes={"verify": True}
+    )
+    assert (imported.key_type, imported.key_class) == ("mldsa", "public-key")
+    assert imported.attributes["local"] is False
+    assert imported.attributes["key-length-bytes"] == SPKI_HEADER + SIZES["ML-DSA-87"][0]
+    signature = outside.sign(MESSAGE)
+    assert crypto_session.verify(imported, MESSAGE, signature, mechanism="ml-dsa")
+    assert not crypto_session.verify(imported, MESSAGE + b"!", signature, mechanism="ml-dsa")
+    exported = serialization.load_pem_public_key(crypto_session.export_public_key(imported))
+    assert isinstance(exported, mldsa.MLDSA87PublicKey)
+    assert exported.public_bytes_raw() == outside.public_key().public_bytes_raw()
+    # Key types the HSM has no public key object for are refused before anything is sent.
+    x25519_pem = (
+        x25519.X25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ClientError) as refusal:
+        crypto_session.import_public_key(x25519_pem, "lib-x25519")
+    assert str(refusal.value) == "Only RSA, EC and ML-DSA public keys can be imported"
+    assert crypto_session.find_keys(label="lib-x25519") == []

@@ -5,7 +5,10 @@ expect one, such as web servers with an HSM engine, load it) but holds no privat
 material: the public half is real and the private fields carry the key reference.
 RSA: ``RSAPrivateKey`` with the real modulus and exponent, ``d`` = the key reference and
 the CRT fields set to 1. EC: ``ECPrivateKey`` whose private value is the key reference,
-with the real curve and public point.
+with the real curve and public point. ML-DSA: a PKCS#8 v2 ``OneAsymmetricKey`` (RFC 5958)
+of the key's parameter set whose 32-byte seed is the key reference and whose ``publicKey``
+is the real public key (FIPS 204 encoding), so the parameter set and the public half are
+both read from the file, as the OpenSSL provider needs for ML-DSA.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
 
 from client.cli.output import CliError
 
@@ -25,6 +28,14 @@ _CURVE_OIDS = {
     "secp384r1": "1.3.132.0.34",
     "secp521r1": "1.3.132.0.35",
 }
+#: id-ml-dsa-44/65/87 (NIST CSOR, RFC 9881), by the public key class ``cryptography`` loads.
+_MLDSA_OIDS: dict[type, str] = {
+    mldsa.MLDSA44PublicKey: "2.16.840.1.101.3.4.3.17",
+    mldsa.MLDSA65PublicKey: "2.16.840.1.101.3.4.3.18",
+    mldsa.MLDSA87PublicKey: "2.16.840.1.101.3.4.3.19",
+}
+#: An ML-DSA seed (FIPS 204 xi) is 32 bytes; the fake one is the key reference, big-endian.
+_MLDSA_SEED_BYTES = 32
 
 
 def _length(size: int) -> bytes:
@@ -98,4 +109,22 @@ def reference_pem(key: dict[str, Any], public_pem: bytes | None) -> bytes:
             + _tlv(0xA1, _tlv(0x03, b"\x00" + point))
         )
         return _pem("EC PRIVATE KEY", _tlv(0x30, body))
-    raise CliError("reference-pem encoding is only for RSA and EC private keys")
+    if key_type == "mldsa":
+        return _mldsa_reference(reference, public)
+    raise CliError("reference-pem encoding is only for RSA, EC and ML-DSA private keys")
+
+
+def _mldsa_reference(reference: int, public: object) -> bytes:
+    # No attribute names the parameter set (docs/keys.md): only the public half tells it.
+    if not isinstance(
+        public, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
+    ):
+        raise CliError("The ML-DSA key's public key is not available")
+    oid = next(o for cls, o in _MLDSA_OIDS.items() if isinstance(public, cls))
+    body = (
+        _integer(1)  # v2: the public key follows the private key
+        + _tlv(0x30, _oid(oid))
+        + _tlv(0x04, _tlv(0x80, reference.to_bytes(_MLDSA_SEED_BYTES, "big")))
+        + _tlv(0x81, b"\x00" + public.public_bytes_raw())
+    )
+    return _pem("PRIVATE KEY", _tlv(0x30, body))

@@ -288,7 +288,7 @@ async def set_attribute(ctx: CliContext, args: argparse.Namespace) -> Any:
     return {"message": "Attribute set successfully"}
 
 
-_IMPORT_CLASSES = {"ec-public": "ec", "rsa-public": "rsa"}
+_IMPORT_CLASSES = {"ec-public": "ec", "rsa-public": "rsa", "mldsa-public": "mldsa"}
 
 
 async def import_pem(ctx: CliContext, args: argparse.Namespace) -> Any:

@@ -1,4 +1,9 @@
-"""``key wrap <mechanism>`` and ``key unwrap <mechanism>``, for every mechanism of the CLI."""
+"""``key wrap <mechanism>`` and ``key unwrap <mechanism>``, for every mechanism of the CLI.
+
+``key unwrap --key-type-class mldsa-private`` is refused before anything is sent: the AWS
+key unwrap page says ML-DSA keys cannot be unwrapped and are generated in the HSM instead
+(``key generate-asymmetric-pair ml-dsa``).
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,13 @@ UNWRAP_CLASSES = {
     "generic-secret": ("generic-secret", "secret-key"),
     "ec-private": ("ec", "private-key"),
     "rsa-private": ("rsa", "private-key"),
+}
+#: ``--key-type-class`` values that name a key CloudHSM cannot unwrap, with the refusal.
+REFUSED_UNWRAP_CLASSES = {
+    "mldsa-private": (
+        "ML-DSA keys cannot be unwrapped: generate them in the HSM with "
+        "key generate-asymmetric-pair ml-dsa"
+    ),
 }
 _GCM = ("aes-gcm", "cloudhsm-aes-gcm")
 _OAEP = ("rsa-aes", "rsa-oaep")
@@ -112,6 +124,9 @@ async def wrap(ctx: CliContext, args: argparse.Namespace) -> Any:
 
 async def unwrap(ctx: CliContext, args: argparse.Namespace) -> Any:
     mechanism = args.mechanism
+    refusal = REFUSED_UNWRAP_CLASSES.get(args.key_type_class)
+    if refusal is not None:
+        raise CliError(refusal)
     unwrapping_filter = parse_filter(args.filter)
     if (args.data is None) == (args.data_path is None):
         raise CliError("Provide exactly one of --data and --data-path")
@@ -187,7 +202,10 @@ def register(key: CommandGroup) -> None:
         leaf.set_defaults(mechanism=mechanism)
         leaf.add_argument("--filter", nargs="+", required=True, metavar="<FILTER>")
         leaf.add_argument(
-            "--key-type-class", required=True, choices=tuple(UNWRAP_CLASSES), dest="key_type_class"
+            "--key-type-class",
+            required=True,
+            choices=(*UNWRAP_CLASSES, *REFUSED_UNWRAP_CLASSES),
+            dest="key_type_class",
         )
         leaf.add_argument("--label", required=True)
         leaf.add_argument("--data", help="Base64 wrapped key data")
