@@ -1,4 +1,5 @@
-"""ML-DSA (FIPS 204) key pairs, signatures and their refusals: HSM core and cloudhsm-cli.
+"""ML-DSA (FIPS 204) key pairs, signatures and their refusals, and ML-DSA keys through
+`key import pem`, `key unwrap` and `key generate-file`: HSM core, cloudhsm-cli, library.
 
 Signatures the HSM makes are checked with ``cryptography`` against the exported public
 key, and signatures ``cryptography`` makes are checked by the HSM against an imported
@@ -16,6 +17,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mldsa, x25519
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from faker import Faker
 from hsm_support import activated_hsm, admin_session, call, crypto_user, identity, refused
 from hypothesis import HealthCheck, given, settings
@@ -169,11 +171,7 @@ def test_hsm1_medium_refuses_ml_dsa_keys() -> None:
     )
     assert status is Status.MECHANISM_INVALID
     assert message == "ML-DSA keys are only supported on hsm2m.medium, not hsm1.medium"
-    pem = (
-        mldsa.MLDSA44PrivateKey.generate()
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    pem = _spki_pem(mldsa.MLDSA44PrivateKey.generate().public_key())
     status, _ = refused(
         hsm, bob, "key.import", key_class="public-key", key_type="mldsa", pem=pem, label="pq"
     )
@@ -514,9 +512,7 @@ def test_cli_on_an_hsm1_cluster_refuses_ml_dsa(
 # -- cloudhsm-cli: key import pem, key unwrap, key generate-file reference-pem ----------------
 
 
-def _spki_pem(
-    public: mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey,
-) -> bytes:
+def _spki_pem(public: PublicKeyTypes) -> bytes:
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -582,11 +578,7 @@ def test_cli_imports_an_ml_dsa_public_key_like_rsa_and_ec(
         "--key-type-class", "ec-public",
     ) == "The key is an mldsa key, not ec"  # fmt: skip
     ec_pem = tmp_path / "ec.pem"
-    ec_pem.write_bytes(
-        ec.generate_private_key(ec.SECP256R1())
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    ec_pem.write_bytes(_spki_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
     assert user.error(
         "key", "import", "pem", "--path", str(ec_pem), "--label", "as-mldsa",
         "--key-type-class", "mldsa-public",
@@ -766,11 +758,7 @@ def test_library_imports_an_ml_dsa_public_key_that_verifies(crypto_session: Sess
     assert isinstance(exported, mldsa.MLDSA87PublicKey)
     assert exported.public_bytes_raw() == outside.public_key().public_bytes_raw()
     # Key types the HSM has no public key object for are refused before anything is sent.
-    x25519_pem = (
-        x25519.X25519PrivateKey.generate()
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    x25519_pem = _spki_pem(x25519.X25519PrivateKey.generate().public_key())
     with pytest.raises(ClientError) as refusal:
         crypto_session.import_public_key(x25519_pem, "lib-x25519")
     assert str(refusal.value) == "Only RSA, EC and ML-DSA public keys can be imported"
