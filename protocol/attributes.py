@@ -81,6 +81,8 @@ CURVE_ALIASES: dict[str, str] = {
     "secp256k1": "secp256k1",
     "secp384r1": "secp384r1",
     "secp521r1": "secp521r1",
+    # Edwards curve: hsm2m.medium clusters in non-FIPS mode only.
+    "ed25519": "ed25519",
 }
 
 #: Longest label accepted (CloudHSM documents no limit; 127 characters is the

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from protocol.status import Status
@@ -279,9 +279,10 @@ def test_import_refuses_small_rsa_and_other_curves_and_algorithms() -> None:
         import_key(
             "private-key", "ec", value=other.private_bytes(DER, PKCS8, serialization.NoEncryption())
         )
-    edwards = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(PEM, SPKI)
+    # X25519 is no signing key CloudHSM offers (Ed25519 is, as an ec key: tests/test_nonfips.py).
+    montgomery = x25519.X25519PrivateKey.generate().public_key().public_bytes(PEM, SPKI)
     with _refused(Status.ATTRIBUTE_INVALID):
-        import_key("public-key", "ec", pem=edwards)
+        import_key("public-key", "ec", pem=montgomery)
 
 
 def test_import_refuses_encrypted_private_keys() -> None:

@@ -13,17 +13,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from hsm_support import (
+    ADMIN_PASSWORD,
+    MASKING_KEY,
+    TEST_SCRYPT_N,
+    admin_session,
+    call,
+    crypto_user,
+    login,
+    refused,
+)
 
+from fixtures.clients import CloudHsmCli, Credentials, admin_credentials
+from fixtures.cluster import ClusterFactory
+from protocol.status import Status
 from simulator.cli import build_parser
 from simulator.cluster import ClusterError, ClusterThread, LocalCluster
-from simulator.hsm import HsmIdentity
+from simulator.hsm import Hsm, HsmIdentity
 
 NON_FIPS_STATE = "0 [non-FIPS mode with single factor authentication]"
 FIPS_STATE = "2 [FIPS mode with single factor authentication]"
@@ -236,3 +251,210 @@ def test_local_cluster_create_refuses_an_unknown_mode() -> None:
 
     with pytest.raises(ClusterError, match="enum value set"):
         asyncio.run(LocalCluster.create(None, hsms=1, mode="fips"))
+
+
+# -- Ed25519 keys on the HSM --------------------------------------------------------------
+
+ED25519_POLICY = (
+    "This operation violates the current configured/FIPS policies: Ed25519 keys are only "
+    "supported on hsm2m.medium instances in non-FIPS mode"
+)
+
+
+def _identity(
+    mode: str = "NON_FIPS", hsm_type: str = "hsm2m.medium", hsm_id: str = "hsm-abcdefghijk"
+) -> HsmIdentity:
+    return HsmIdentity(hsm_id, "cluster-abcdefghijk", "5.3G1941-ICM000590", hsm_type, mode)
+
+
+def _activated(mode: str = "NON_FIPS", hsm_type: str = "hsm2m.medium") -> Hsm:
+    hsm = Hsm.open(_identity(mode, hsm_type), None, MASKING_KEY, scrypt_n=TEST_SCRYPT_N)
+    hsm.initialize()
+    s = hsm.open_session(peer="127.0.0.1", client_cert_der=None)
+    call(hsm, s, "cluster.activate", password=ADMIN_PASSWORD)
+    hsm.close_session(s)
+    return hsm
+
+
+def _alice(hsm: Hsm) -> int:
+    return crypto_user(hsm, admin_session(hsm), "alice")
+
+
+def _ed25519_pair(hsm: Hsm, session: int, label: str = "ed") -> tuple[int, int]:
+    pair = call(
+        hsm,
+        session,
+        "key.generate_pair",
+        key_type="ec",
+        curve="ed25519",
+        public_label=f"{label}-public",
+        private_label=f"{label}-private",
+        public_attributes={"verify": True},
+        private_attributes={"sign": True},
+    )
+    return pair["public_key"]["key-reference"], pair["private_key"]["key-reference"]
+
+
+def test_ed25519_pair_on_a_non_fips_hsm() -> None:
+    hsm = _activated()
+    alice = _alice(hsm)
+    pair = call(hsm, alice, "key.generate_pair", key_type="ec", curve="ed25519",
+                public_label="ed-public", private_label="ed-private")  # fmt: skip
+    public, private = pair["public_key"]["attributes"], pair["private_key"]["attributes"]
+    for attrs in (public, private):
+        assert (attrs["key-type"], attrs["curve"]) == ("ec", "ed25519")
+        assert attrs["local"] is True
+    assert public["check-value"] == private["check-value"]
+    pem = call(hsm, alice, "key.export_public", key_reference=pair["public_key"]["key-reference"])
+    exported = serialization.load_pem_public_key(pem["pem"])
+    assert isinstance(exported, ed25519.Ed25519PublicKey)
+    # CKA_EC_POINT: the 32-byte RFC 8032 encoding in a DER OCTET STRING.
+    assert public["ec-point"] == b"\x04\x20" + exported.public_bytes_raw()
+    assert private["ec-point"] == public["ec-point"]
+    found = call(hsm, alice, "key.find", filter={"curve": "ed25519"})
+    assert len(found["keys"]) == 2
+
+
+@pytest.mark.parametrize(("mode", "hsm_type"), [("FIPS", "hsm2m.medium"), ("FIPS", "hsm1.medium")])
+def test_ed25519_is_refused_by_fips_hsms(mode: str, hsm_type: str) -> None:
+    hsm = _activated(mode, hsm_type)
+    alice = _alice(hsm)
+    before = call(hsm, alice, "key.find")
+    status, message = refused(hsm, alice, "key.generate_pair", key_type="ec", curve="ed25519")
+    assert (status, message) == (Status.POLICY_VIOLATION, ED25519_POLICY)
+    pem = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    status, message = refused(
+        hsm, alice, "key.import", key_class="public-key", key_type="ec", pem=pem, label="ed"
+    )
+    assert (status, message) == (Status.POLICY_VIOLATION, ED25519_POLICY)
+    assert call(hsm, alice, "key.find") == before
+
+
+def test_an_ed25519_public_key_imports_on_a_non_fips_hsm() -> None:
+    hsm = _activated()
+    alice = _alice(hsm)
+    outside = ed25519.Ed25519PrivateKey.generate().public_key()
+    pem = outside.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key = call(hsm, alice, "key.import", key_class="public-key", key_type="ec", pem=pem,
+               label="imported", attributes={"verify": True})["key"]  # fmt: skip
+    assert key["attributes"]["curve"] == "ed25519"
+    assert key["attributes"]["local"] is False
+    assert key["attributes"]["ec-point"] == b"\x04\x20" + outside.public_bytes_raw()
+    exported = call(hsm, alice, "key.export_public", key_reference=key["key-reference"])["pem"]
+    assert exported == pem
+    status, _ = refused(hsm, alice, "key.import", key_class="public-key", key_type="rsa",
+                        pem=pem, label="wrong-type")  # fmt: skip
+    assert status is Status.TEMPLATE_INCONSISTENT
+
+
+def test_ed25519_keys_refuse_ecdsa_and_ecdh() -> None:
+    hsm = _activated()
+    alice = _alice(hsm)
+    public, private = _ed25519_pair(hsm, alice)
+    status, message = refused(hsm, alice, "crypto.sign", key_reference=private,
+                              mechanism="ecdsa", hash="sha256", data=b"abc")  # fmt: skip
+    assert (status, message) == (
+        Status.MECHANISM_INVALID, "Mechanism ecdsa cannot use an Ed25519 key"
+    )  # fmt: skip
+    status, _ = refused(hsm, alice, "crypto.verify", key_reference=public, mechanism="ecdsa",
+                        hash="sha256", data=b"abc", signature=bytes(64))  # fmt: skip
+    assert status is Status.MECHANISM_INVALID
+    call(hsm, alice, "key.set_attribute", key_reference=private, name="derive", value=True)
+    status, message = refused(
+        hsm, alice, "key.derive", mechanism="ecdh-x963-kdf", base_key=private,
+        params={"hash": "sha256", "public_point": bytes(32)}, key_type="aes",
+        key_length_bytes=16,
+    )  # fmt: skip
+    assert status is Status.MECHANISM_INVALID
+    assert "Ed25519" in message
+
+
+def test_ed25519_keys_clone_between_non_fips_hsms_as_masked_objects() -> None:
+    first = _activated()
+    alice = _alice(first)
+    second = Hsm.from_snapshot(
+        _identity(hsm_id="hsm-bbbbbbbbbbb"), None, MASKING_KEY, first.export_snapshot()
+    )
+    public, private = _ed25519_pair(first, alice)
+    appliance = second.open_appliance_session()
+    for handle in (public, private):
+        masked = call(first, alice, "key.extract_masked", key_reference=handle)["masked_object"]
+        call(second, appliance, "key.insert_masked", masked_object=masked)
+    assert (
+        call(second, appliance, "key.digests")["keys"] == call(first, alice, "key.digests")["keys"]
+    )
+    on_second = login(second, "alice", "crypto-user", "cu-password-1")
+    cloned = call(second, on_second, "key.find", filter={"curve": "ed25519"})["keys"]
+    assert sorted(k["key-reference"] for k in cloned) == sorted((public, private))
+
+
+# -- cloudhsm-cli against a non-FIPS cluster ------------------------------------------------------
+
+
+@pytest.fixture
+def non_fips_user(cluster_factory: ClusterFactory) -> CloudHsmCli:
+    """A crypto user of a new two-HSM non-FIPS cluster (keys clone to both HSMs)."""
+    cluster = cluster_factory(hsms=2, mode="NON_FIPS")
+    admin = CloudHsmCli(cluster, admin_credentials(cluster))
+    user = Credentials("eduser", "ed-password-1", "crypto-user")
+    admin.ok("user", "create", "--username", user.username, "--role", user.role,
+             "--password", user.password)  # fmt: skip
+    return CloudHsmCli(cluster, user)
+
+
+def _cli_ed25519_pair(user: CloudHsmCli, label: str) -> dict[str, Any]:
+    pair: dict[str, Any] = user.ok(
+        "key", "generate-asymmetric-pair", "ec", "--curve", "ed25519",
+        "--public-label", f"{label}-public", "--private-label", f"{label}-private",
+        "--public-attributes", "verify=true", "--private-attributes", "sign=true",
+    )  # fmt: skip
+    return pair
+
+
+def test_cli_ed25519_keys_on_a_non_fips_cluster(non_fips_user: CloudHsmCli, tmp_path: Path) -> None:
+    user = non_fips_user
+    hsms = user.ok("cluster", "hsm-info")["hsms"]
+    assert [h["fips-state"] for h in hsms] == [NON_FIPS_STATE] * 2
+    pair = _cli_ed25519_pair(user, "ed25519")
+    for half in ("public_key", "private_key"):
+        attributes = pair[half]["attributes"]
+        assert (attributes["key-type"], attributes["curve"]) == ("ec", "ed25519")
+        assert pair[half]["key-info"]["cluster-coverage"] == "full"
+    listed = user.ok("key", "list", "--filter", "attr.curve=ed25519", "--verbose")
+    assert listed["total_key_count"] == 2
+    exported = tmp_path / "ed25519-public.pem"
+    user.ok("key", "generate-file", "--encoding", "pem", "--path", str(exported),
+            "--filter", "attr.label=ed25519-public")  # fmt: skip
+    public = serialization.load_pem_public_key(exported.read_bytes())
+    assert isinstance(public, ed25519.Ed25519PublicKey)
+    point = pair["public_key"]["attributes"]["ec-point"]
+    assert point == "0x0420" + public.public_bytes_raw().hex()
+    # An Ed25519 public key from outside imports as an ec-public key.
+    outside = tmp_path / "outside.pem"
+    outside.write_bytes(
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    imported = user.ok("key", "import", "pem", "--path", str(outside), "--label", "ed-outside",
+                       "--key-type-class", "ec-public", "--attributes", "verify=true")["key"]  # fmt: skip
+    assert imported["attributes"]["curve"] == "ed25519"
+    assert imported["key-info"]["cluster-coverage"] == "full"
+
+
+def test_cli_refuses_ed25519_on_a_fips_cluster(
+    cli: CloudHsmCli, crypto_user: Callable[[], Credentials]
+) -> None:
+    user = cli.as_user(crypto_user())
+    before = user.ok("key", "list")["total_key_count"]
+    assert user.error(
+        "key", "generate-asymmetric-pair", "ec", "--curve", "ed25519",
+        "--public-label", "ed-public", "--private-label", "ed-private",
+    ) == ED25519_POLICY  # fmt: skip
+    assert user.ok("key", "list")["total_key_count"] == before

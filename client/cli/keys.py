@@ -29,7 +29,17 @@ from client.cli.results import coverage
 from client.cluster import ClusterView
 from protocol.ops import Op
 
-CURVES = ("prime256v1", "secp256r1", "secp224r1", "secp384r1", "secp256k1", "secp521r1")
+#: ``--curve`` values; ed25519 only on hsm2m.medium clusters in non-FIPS mode (the HSM refuses it
+#: elsewhere with the 0xb3 policy error).
+CURVES = (
+    "prime256v1",
+    "secp256r1",
+    "secp224r1",
+    "secp384r1",
+    "secp256k1",
+    "secp521r1",
+    "ed25519",
+)
 
 #: ``--mldsa-algorithm`` values (FIPS 204 parameter sets; hsm2m.medium clusters only).
 MLDSA_ALGORITHMS = ("ML-DSA-44", "ML-DSA-65", "ML-DSA-87")

@@ -41,11 +41,13 @@ from simulator.hsm.attributes import matches as attribute_matches
 from simulator.hsm.identity import HsmIdentity
 from simulator.hsm.keystore import MAX_KEY_QUORUM, KeyRecord, KeyStore, check_key_quorum
 from simulator.hsm.material import (
+    ED25519,
     KeyMaterial,
     derived_attributes,
     generate_pair,
     generate_secret,
     import_key,
+    is_ed25519,
     public_of,
 )
 from simulator.hsm.membership import Membership
@@ -1197,6 +1199,17 @@ class Hsm:
                 session.session_keys.add(record.handle)
         return final
 
+    def _require_non_fips(self, what: str) -> None:
+        """Ed25519 keys and EdDSA exist on hsm2m.medium in non-FIPS mode only (AWS CLI pages
+        for ``--curve ed25519`` and ``crypto sign ed25519ph``); elsewhere the 0xb3 policy refusal.
+        """
+        if self.identity.fips or self.identity.hsm_type != "hsm2m.medium":
+            raise HsmError(
+                Status.POLICY_VIOLATION,
+                f"{Status.POLICY_VIOLATION.info.cli_message}: {what} are only supported on "
+                "hsm2m.medium instances in non-FIPS mode",
+            )
+
     def _new_record(
         self,
         owner: str,
@@ -1208,6 +1221,9 @@ class Hsm:
         use_quorum: int = 0,
     ) -> KeyRecord:
         full = {**attrs, **derived_attributes(material)}
+        if full.get("curve") == ED25519:
+            # Imported and unwrapped keys too, not only generated ones.
+            self._require_non_fips("Ed25519 keys")
         return KeyRecord(
             handle=0,
             owner=owner,
@@ -1251,6 +1267,8 @@ class Hsm:
             raise HsmError(Status.INVALID_ARGUMENT, "missing argument curve")
         if key_type == "mldsa" and algorithm is None:
             raise HsmError(Status.INVALID_ARGUMENT, "missing argument mldsa_algorithm")
+        if key_type == "ec" and curve == ED25519:
+            self._require_non_fips("Ed25519 keys")
         session_flag = arg.flag(args, "session")
         public_template = self._template(args, "public_attributes", "public_label", session_flag)
         private_template = self._template(args, "private_attributes", "private_label", session_flag)
@@ -1368,9 +1386,13 @@ class Hsm:
             derived_from=base.attrs,
         )
         self._keys.check_quota(symmetric=1)
-        material = mechanisms.derive(
-            self._keys.material(base), base.attrs, mechanism, params, key_type, length
-        )
+        base_material = self._keys.material(base)
+        if is_ed25519(base_material):
+            raise HsmError(
+                Status.MECHANISM_INVALID,
+                f"Mechanism {mechanism} cannot derive from an Ed25519 key (EdDSA keys only sign)",
+            )
+        material = mechanisms.derive(base_material, base.attrs, mechanism, params, key_type, length)
         record = self._new_record(session.username, session, material, attrs)
         (stored,) = self._store_new_keys(session, "CN_DERIVE_KEY", [(record, material)])
         return {"key": stored.key_object()}

@@ -8,7 +8,8 @@ for public keys. Everything here is stateless; the HSM core stores the material
 Sizes follow the CloudHSM key table (spec 5.3): AES 16/24/32 bytes, generic
 secret 1–800 bytes, 3DES 24 bytes, RSA 2048–4096 bits in steps of 256 with an
 odd public exponent ≥ 65537, EC on secp224r1, secp256r1 (prime256v1),
-secp256k1, secp384r1 and secp521r1. ML-DSA (FIPS 204) pairs come in the three
+secp256k1, secp384r1 and secp521r1, plus ed25519 (an ``ec`` key whose ``curve`` is
+``ed25519``; non-FIPS hsm2m.medium clusters only, which the HSM core enforces). ML-DSA (FIPS 204) pairs come in the three
 parameter sets ML-DSA-44, ML-DSA-65 and ML-DSA-87; their private keys are kept as
 the seed-form PKCS#8 that ``cryptography`` writes.
 
@@ -29,7 +30,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from protocol.attributes import CURVE_ALIASES
@@ -57,6 +58,9 @@ CURVES: dict[str, type[ec.EllipticCurve]] = {
     "secp521r1": ec.SECP521R1,
 }
 
+#: The Edwards curve CloudHSM offers (``--curve ed25519``, non-FIPS hsm2m.medium only).
+ED25519 = "ed25519"
+
 #: ML-DSA parameter set (as ``--mldsa-algorithm`` spells it) -> private key class.
 MLDSA_ALGORITHMS: dict[
     str,
@@ -69,8 +73,10 @@ MLDSA_ALGORITHMS: dict[
 
 MLDSAPrivateKey = mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey
 MLDSAPublicKey = mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | MLDSAPrivateKey
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | MLDSAPublicKey
+PrivateKey = (
+    rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | MLDSAPrivateKey
+)
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | MLDSAPublicKey
 
 _PKCS8 = serialization.PrivateFormat.PKCS8
 _DER = serialization.Encoding.DER
@@ -215,7 +221,11 @@ def generate_pair(
     elif key_type == "ec":
         if curve is None:
             raise HsmError(Status.INVALID_ARGUMENT, "curve is required for ec keys")
-        private = ec.generate_private_key(CURVES[canonical_curve(curve)]())
+        canonical = canonical_curve(curve)
+        if canonical == ED25519:
+            private = ed25519.Ed25519PrivateKey.generate()
+        else:
+            private = ec.generate_private_key(CURVES[canonical]())
     elif key_type == "mldsa":
         if mldsa_algorithm is None:
             raise HsmError(Status.INVALID_ARGUMENT, "mldsa-algorithm is required for mldsa keys")
@@ -331,7 +341,14 @@ def secret_material(key_type: str, value: bytes) -> KeyMaterial:
 def _asymmetric_type(key: object) -> str | None:
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         return "rsa"
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+    if isinstance(
+        key,
+        ec.EllipticCurvePrivateKey
+        | ec.EllipticCurvePublicKey
+        | ed25519.Ed25519PrivateKey
+        | ed25519.Ed25519PublicKey,
+    ):
+        # CloudHSM makes Ed25519 pairs with `generate-asymmetric-pair ec --curve ed25519`.
         return "ec"
     if isinstance(key, MLDSAPrivateKey | MLDSAPublicKey):
         return "mldsa"
@@ -489,4 +506,16 @@ def derived_attributes(material: KeyMaterial) -> dict[str, Any]:
         )
         attrs["curve"] = public.curve.name
         attrs["ec-point"] = _der_octet_string(point)
+    elif isinstance(public, ed25519.Ed25519PublicKey):
+        # PKCS#11 3.0 CKA_EC_POINT of an Edwards key: the 32-byte RFC 8032 encoding, in an
+        # OCTET STRING like the Weierstrass points.
+        attrs["curve"] = ED25519
+        attrs["ec-point"] = _der_octet_string(public.public_bytes_raw())
     return attrs
+
+
+def is_ed25519(material: KeyMaterial) -> bool:
+    """Whether an ``ec`` key (either half) is an Ed25519 key."""
+    if material.key_type != "ec":
+        return False
+    return isinstance(public_key_object(material), ed25519.Ed25519PublicKey)

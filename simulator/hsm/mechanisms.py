@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import cmac, hashes, padding
 from cryptography.hazmat.primitives import hmac as crypto_hmac
-from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, utils
 from cryptography.hazmat.primitives.asymmetric import padding as rsa_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -249,6 +249,12 @@ def _mldsa_verify(public: MLDSAPublicKey, signature: bytes, args: Mapping[str, A
         raise HsmError(Status.SIGNATURE_INVALID, "Signature verification failed") from None
 
 
+def _require_weierstrass(key: object, mechanism: str) -> None:
+    """ECDSA needs a Weierstrass curve: an Ed25519 ``ec`` key is refused, not mis-signed."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        raise HsmError(Status.MECHANISM_INVALID, f"Mechanism {mechanism} cannot use an Ed25519 key")
+
+
 def sign(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) -> bytes:
     """A signature with a private key (``sign`` must be true)."""
     mechanism = _mechanism_for(args, SIGN)
@@ -259,6 +265,7 @@ def sign(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) ->
         assert isinstance(private, MLDSAPrivateKey)
         return _mldsa_sign(private, args)
     if mechanism == "ecdsa":
+        _require_weierstrass(private, mechanism)
         assert isinstance(private, ec.EllipticCurvePrivateKey)
         data, algorithm = _signing_input(args, required_hash(args, mechanism))
         der = private.sign(data, ec.ECDSA(algorithm))
@@ -291,6 +298,7 @@ def verify(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) 
         _mldsa_verify(public, signature, args)
         return
     if mechanism == "ecdsa":
+        _require_weierstrass(public, mechanism)
         assert isinstance(public, ec.EllipticCurvePublicKey)
         data, algorithm = _signing_input(args, required_hash(args, mechanism))
         size = (public.curve.key_size + 7) // 8
