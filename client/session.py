@@ -460,13 +460,13 @@ class AsyncSession:
     ) -> Key:
         """Import an RSA, EC or ML-DSA public key from PEM (ML-DSA: hsm2m.medium only)."""
         from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 
         public = serialization.load_pem_public_key(pem)
         if isinstance(public, rsa.RSAPublicKey):
             key_type = "rsa"
-        elif isinstance(public, ec.EllipticCurvePublicKey):
-            key_type = "ec"
+        elif isinstance(public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+            key_type = "ec"  # Ed25519 keys are ec keys (curve ed25519, non-FIPS clusters only)
         elif isinstance(
             public, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
         ):
@@ -536,7 +536,7 @@ class AsyncSession:
         data: bytes,
         *,
         mechanism: str = "ecdsa",
-        hash: str = "sha256",
+        hash: str | None = None,
         data_type: str = "raw",
         mgf: str | None = None,
         salt_length: int | None = None,
@@ -553,7 +553,7 @@ class AsyncSession:
         signature: bytes,
         *,
         mechanism: str = "ecdsa",
-        hash: str = "sha256",
+        hash: str | None = None,
         data_type: str = "raw",
         mgf: str | None = None,
         salt_length: int | None = None,
@@ -574,11 +574,14 @@ class AsyncSession:
         key: KeyLike,
         data: bytes,
         mechanism: str,
-        hash_name: str,
+        hash_name: str | None,
         data_type: str,
         mgf: str | None,
         salt_length: int | None,
     ) -> dict[str, Any]:
+        if hash_name is None:
+            # sha256 unless the mechanism has one hash only (ed25519ph: SHA-512, RFC 8032).
+            hash_name = "sha512" if mechanism == "ed25519ph" else "sha256"
         call: dict[str, Any] = {
             "key_reference": _ref(key),
             "mechanism": mechanism,

@@ -122,6 +122,14 @@ MECHANISMS: dict[str, MechanismSpec] = {
             "ML-DSA (FIPS 204, pure, empty context) over raw data or a 64-byte external mu",
         ),
         _m(
+            "ed25519ph",
+            0x1057,
+            (SIGN, VERIFY),
+            ("ec",),
+            "HashEdDSA Ed25519ph (CKM_EDDSA, RFC 8032: SHA-512 prehash, empty context) with an "
+            "Ed25519 ec key; hsm2m.medium non-FIPS only",
+        ),
+        _m(
             "rsa-x-509",
             0x3,
             (SIGN, VERIFY, ENCRYPT, DECRYPT),

@@ -672,6 +672,7 @@ def test_registry_names_the_cloudhsm_vendor_mechanisms() -> None:
         "ecdsa",
         "rsa-x-509",
         "ml-dsa",
+        "ed25519ph",
     }
 
 

@@ -8,6 +8,8 @@ shows ``0 [non-FIPS mode with single factor authentication]`` in non-FIPS mode.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import signal
 import subprocess
@@ -33,12 +35,13 @@ from hsm_support import (
     refused,
 )
 
+from client import Session
 from fixtures.clients import CloudHsmCli, Credentials, admin_credentials
 from fixtures.cluster import ClusterFactory
 from protocol.status import Status
 from simulator.cli import build_parser
 from simulator.cluster import ClusterError, ClusterThread, LocalCluster
-from simulator.hsm import Hsm, HsmIdentity
+from simulator.hsm import Hsm, HsmIdentity, ed25519ph
 
 NON_FIPS_STATE = "0 [non-FIPS mode with single factor authentication]"
 FIPS_STATE = "2 [FIPS mode with single factor authentication]"
@@ -446,6 +449,84 @@ def test_cli_ed25519_keys_on_a_non_fips_cluster(non_fips_user: CloudHsmCli, tmp_
                        "--key-type-class", "ec-public", "--attributes", "verify=true")["key"]  # fmt: skip
     assert imported["attributes"]["curve"] == "ed25519"
     assert imported["key-info"]["cluster-coverage"] == "full"
+
+
+def test_cli_signs_and_verifies_ed25519ph(non_fips_user: CloudHsmCli, tmp_path: Path) -> None:
+    user = non_fips_user
+    _cli_ed25519_pair(user, "signer")
+    message = b"release 2026.12 manifest"
+    data = tmp_path / "data.txt"
+    data.write_bytes(message)
+    sign = ("crypto", "sign", "ed25519ph", "--key-filter", "attr.label=signer-private",
+            "--hash-function", "sha512")  # fmt: skip
+    verify = ("crypto", "verify", "ed25519ph", "--key-filter", "attr.label=signer-public",
+              "--hash-function", "sha512")  # fmt: skip
+    raw = user.ok(*sign, "--data-type", "raw", "--data-path", str(data))
+    assert raw["key-reference"].startswith("0x")
+    signature = base64.b64decode(raw["signature"])
+    assert len(signature) == 64
+    # Deterministic: the digest of the same message signs to the same bytes.
+    digest = base64.b64encode(hashlib.sha512(message).digest()).decode()
+    assert (
+        user.ok(*sign, "--data-type", "digest", "--data", digest)["signature"] == raw["signature"]
+    )
+    # What the HSM signed, the RFC 8032 module verifies with the exported public key.
+    exported = tmp_path / "signer.pem"
+    user.ok("key", "generate-file", "--encoding", "pem", "--path", str(exported),
+            "--filter", "attr.label=signer-public")  # fmt: skip
+    public = serialization.load_pem_public_key(exported.read_bytes())
+    assert isinstance(public, ed25519.Ed25519PublicKey)
+    assert ed25519ph.verify(public.public_bytes_raw(), message, signature)
+    ok = {"message": "Signature verified successfully"}
+    assert user.ok(*verify, "--data-type", "raw", "--data-path", str(data),
+                   "--signature", raw["signature"]) == ok  # fmt: skip
+    signature_file = tmp_path / "signature.bin"
+    signature_file.write_bytes(signature)
+    assert user.ok(*verify, "--data-type", "digest", "--data", digest,
+                   "--signature-path", str(signature_file)) == ok  # fmt: skip
+    tampered = base64.b64encode(signature[:-1] + bytes([signature[-1] ^ 1])).decode()
+    assert user.error(*verify, "--data-type", "raw", "--data-path", str(data),
+                      "--signature", tampered) == "Signature verification failed"  # fmt: skip
+    # The options the AWS pages list: sha512 only, --data-type required.
+    assert "invalid choice" in user.error(
+        "crypto", "sign", "ed25519ph", "--key-filter", "attr.label=signer-private",
+        "--hash-function", "sha256", "--data-type", "raw", "--data-path", str(data),
+    )  # fmt: skip
+    assert "--data-type" in user.error(*sign, "--data-path", str(data))
+    # ecdsa with the Ed25519 key: the HSM's refusal.
+    assert user.error(
+        "crypto", "sign", "ecdsa", "--key-filter", "attr.label=signer-private",
+        "--hash-function", "sha256", "--data-path", str(data),
+    ) == "Mechanism ecdsa cannot use an Ed25519 key"  # fmt: skip
+
+
+def test_library_signs_with_ed25519ph(non_fips_user: CloudHsmCli) -> None:
+    user = non_fips_user
+    cluster = user.cluster
+    assert user.user is not None
+    with Session.connect(cluster.config_path) as hsm:
+        hsm.login(user.user.username, user.user.password, role=user.user.role)
+        pair = hsm.generate_ec_key_pair(
+            "lib-public", "lib-private", curve="ed25519",
+            public_attributes={"verify": True}, private_attributes={"sign": True},
+        )  # fmt: skip
+        signature = hsm.sign(pair.private, b"payload", mechanism="ed25519ph")
+        assert hsm.verify(pair.public, b"payload", signature, mechanism="ed25519ph")
+        assert not hsm.verify(pair.public, b"payloaD", signature, mechanism="ed25519ph")
+        digest = hashlib.sha512(b"payload").digest()
+        assert hsm.sign(pair.private, digest, mechanism="ed25519ph", data_type="digest") == (
+            signature
+        )
+        outside = ed25519.Ed25519PrivateKey.generate()
+        imported = hsm.import_public_key(
+            outside.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            "lib-outside",
+            attributes={"verify": True},
+        )
+        foreign = ed25519ph.sign(outside.private_bytes_raw(), b"from outside")
+        assert hsm.verify(imported, b"from outside", foreign, mechanism="ed25519ph")
 
 
 def test_cli_refuses_ed25519_on_a_fips_cluster(

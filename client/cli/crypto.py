@@ -1,8 +1,11 @@
-"""``crypto sign|verify ecdsa|rsa-pkcs|rsa-pkcs-pss|ml-dsa``.
+"""``crypto sign|verify ecdsa|rsa-pkcs|rsa-pkcs-pss|ml-dsa|ed25519ph``.
 
 ``ml-dsa`` takes no ``--hash-function``: its ``--data-type`` is ``raw`` (the HSM signs the
 message itself) or ``external-mu`` (the 64-byte mu of FIPS 204 §6.2, computed by the
-caller with the public key). Errors about ``rsa-pkcs-pss``'s salt name the CLI option
+caller with the public key). ``ed25519ph`` (HashEdDSA, hsm2m.medium non-FIPS clusters
+only) requires ``--data-type raw|digest`` and ``--hash-function``, whose only value is
+``sha512`` (the AWS pages for ``crypto sign|verify ed25519ph``). Errors about
+``rsa-pkcs-pss``'s salt name the CLI option
 ``--salt-length``, never the wire argument behind it.
 """
 
@@ -23,11 +26,13 @@ from client.cluster import ClusterView
 from client.errors import HsmStatusError
 from protocol.ops import Op
 
-MECHANISMS = ("ecdsa", "rsa-pkcs", "rsa-pkcs-pss", "ml-dsa")
+MECHANISMS = ("ecdsa", "rsa-pkcs", "rsa-pkcs-pss", "ml-dsa", "ed25519ph")
 
 #: ``--data-type`` values per mechanism (the default first where one is optional).
 DATA_TYPES: dict[str, tuple[str, ...]] = {"ml-dsa": ("raw", "external-mu")}
 _HASHED_DATA_TYPES = ("raw", "digest")
+#: ``--hash-function`` values per mechanism where not every hash applies.
+HASH_FUNCTIONS: dict[str, tuple[str, ...]] = {"ed25519ph": ("sha512",)}
 
 #: Digest length of each ``--hash-function``, for the PSS salt bound.
 _DIGEST_BYTES = {"sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64}
@@ -146,10 +151,18 @@ def register(root: CommandGroup) -> None:
                 )
             else:
                 leaf.add_argument(
-                    "--hash-function", required=True, choices=HASHES, dest="hash_function"
+                    "--hash-function",
+                    required=True,
+                    choices=HASH_FUNCTIONS.get(mechanism, HASHES),
+                    dest="hash_function",
                 )
+                # The ed25519ph pages list --data-type among the required options.
                 leaf.add_argument(
-                    "--data-type", choices=_HASHED_DATA_TYPES, default="raw", dest="data_type"
+                    "--data-type",
+                    choices=_HASHED_DATA_TYPES,
+                    required=mechanism == "ed25519ph",
+                    default="raw",
+                    dest="data_type",
                 )
             if mechanism == "rsa-pkcs-pss":
                 leaf.add_argument("--mgf", required=True, choices=MGFS)

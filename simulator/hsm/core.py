@@ -1577,12 +1577,18 @@ class Hsm:
         assert session.username is not None
         return self._keys.usable(arg.handle(args, "key_reference"), session.username)
 
+    def _require_mechanism_allowed(self, args: Mapping[str, Any]) -> None:
+        if args.get("mechanism") == "ed25519ph":
+            self._require_non_fips("HashEdDSA signature operations")
+
     def _crypto_sign(self, session: Session, args: Mapping[str, Any]) -> Any:
+        self._require_mechanism_allowed(args)
         record = self._usable_for(session, args)
         self._require_key_quorum(session, record, "key-usage", args, "approval")
         return {"signature": mechanisms.sign(self._keys.material(record), record.attrs, args)}
 
     def _crypto_verify(self, session: Session, args: Mapping[str, Any]) -> Any:
+        self._require_mechanism_allowed(args)
         record = self._usable_for(session, args)
         mechanisms.verify(self._keys.material(record), record.attrs, args)
         return {}

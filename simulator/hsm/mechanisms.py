@@ -13,6 +13,9 @@ page for ``crypto verify ecdsa`` says so), AES-GCM ignores a caller IV on
 encryption and returns the HSM's own, and ``cloudhsm-aes-gcm`` refuses one.
 ``ml-dsa`` signs the raw data (pure ML-DSA, empty context) or a 64-byte
 external mu (FIPS 204 §6.2), as ``crypto sign ml-dsa --data-type`` offers.
+``ed25519ph`` is HashEdDSA (RFC 8032 Ed25519ph, empty context) with an Ed25519 ``ec``
+key, over raw data or its 64-byte SHA-512 digest; SHA-512 is its only hash
+(:mod:`simulator.hsm.ed25519ph`).
 
 Key wrap, unwrap and derivation live in :mod:`simulator.hsm.wrapping` and
 :mod:`simulator.hsm.derivation` and are re-exported here.
@@ -38,7 +41,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from protocol.mechanisms import DECRYPT, ENCRYPT, HASHES, MAC, MECHANISMS, SIGN
 from protocol.status import Status
 from simulator.errors import HsmError
-from simulator.hsm import gcm
+from simulator.hsm import ed25519ph, gcm
 from simulator.hsm.derivation import derive
 from simulator.hsm.material import (
     KeyMaterial,
@@ -208,7 +211,14 @@ def _pss(args: Mapping[str, Any], algorithm: hashes.HashAlgorithm, k: int) -> rs
 #: The external mu of ML-DSA (FIPS 204 §6.2) is always 64 bytes.
 MLDSA_MU_BYTES = 64
 
-_SIGNING_KEY_TYPES: dict[str, tuple[str, ...]] = {"ecdsa": ("ec",), "ml-dsa": ("mldsa",)}
+_SIGNING_KEY_TYPES: dict[str, tuple[str, ...]] = {
+    "ecdsa": ("ec",),
+    "ml-dsa": ("mldsa",),
+    "ed25519ph": ("ec",),
+}
+
+#: Ed25519ph prehashes with SHA-512 and nothing else (RFC 8032 §5.1; ``--hash-function sha512``).
+ED25519PH_HASH = "sha512"
 
 
 def _signing_key_types(mechanism: str) -> tuple[str, ...]:
@@ -255,6 +265,32 @@ def _require_weierstrass(key: object, mechanism: str) -> None:
         raise HsmError(Status.MECHANISM_INVALID, f"Mechanism {mechanism} cannot use an Ed25519 key")
 
 
+def _ed25519ph_digest(args: Mapping[str, Any]) -> bytes:
+    """PH(M): SHA-512 of raw data, or the 64-byte digest the caller computed."""
+    if required_hash_name(args, "ed25519ph") != ED25519PH_HASH:
+        raise HsmError(
+            Status.INVALID_ARGUMENT, f"ed25519ph only supports the {ED25519PH_HASH} hash function"
+        )
+    data = data_bytes(args)
+    data_type = args.get("data_type", "raw")
+    if data_type == "raw":
+        return ed25519ph.prehash(data)
+    if data_type == "digest":
+        if len(data) != ed25519ph.DIGEST_BYTES:
+            raise HsmError(
+                Status.DATA_LEN_RANGE,
+                f"A sha512 digest is {ed25519ph.DIGEST_BYTES} bytes, got {len(data)}",
+            )
+        return data
+    raise HsmError(Status.INVALID_ARGUMENT, "data_type must be raw or digest")
+
+
+def _not_ed25519(mechanism: str) -> HsmError:
+    return HsmError(
+        Status.MECHANISM_INVALID, f"Mechanism {mechanism} needs an Ed25519 key (curve ed25519)"
+    )
+
+
 def sign(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) -> bytes:
     """A signature with a private key (``sign`` must be true)."""
     mechanism = _mechanism_for(args, SIGN)
@@ -264,6 +300,10 @@ def sign(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) ->
     if mechanism == "ml-dsa":
         assert isinstance(private, MLDSAPrivateKey)
         return _mldsa_sign(private, args)
+    if mechanism == "ed25519ph":
+        if not isinstance(private, ed25519.Ed25519PrivateKey):
+            raise _not_ed25519(mechanism)
+        return ed25519ph.sign_digest(private.private_bytes_raw(), _ed25519ph_digest(args))
     if mechanism == "ecdsa":
         _require_weierstrass(private, mechanism)
         assert isinstance(private, ec.EllipticCurvePrivateKey)
@@ -296,6 +336,13 @@ def verify(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) 
     if mechanism == "ml-dsa":
         assert isinstance(public, MLDSAPublicKey)
         _mldsa_verify(public, signature, args)
+        return
+    if mechanism == "ed25519ph":
+        if not isinstance(public, ed25519.Ed25519PublicKey):
+            raise _not_ed25519(mechanism)
+        digest = _ed25519ph_digest(args)
+        if not ed25519ph.verify_digest(public.public_bytes_raw(), digest, signature):
+            raise HsmError(Status.SIGNATURE_INVALID, "Signature verification failed")
         return
     if mechanism == "ecdsa":
         _require_weierstrass(public, mechanism)
