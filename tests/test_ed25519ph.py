@@ -13,20 +13,13 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from hsm_support import (
-    ADMIN_PASSWORD,
-    MASKING_KEY,
-    TEST_SCRYPT_N,
-    admin_session,
-    call,
-    crypto_user,
-    refused,
-)
+from hsm_support import call, refused
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_nonfips import _activated, _alice
 
 from protocol.status import Status
-from simulator.hsm import Hsm, HsmIdentity
+from simulator.hsm import Hsm
 from simulator.hsm import ed25519ph as eddsa
 
 # RFC 8032 §7.3, "TEST abc".
@@ -131,15 +124,9 @@ def test_malformed_inputs_are_refused() -> None:
 
 
 def _hsm(mode: str = "NON_FIPS") -> tuple[Hsm, int]:
-    identity = HsmIdentity(
-        "hsm-abcdefghijk", "cluster-abcdefghijk", "5.3G1941-ICM000590", "hsm2m.medium", mode
-    )
-    hsm = Hsm.open(identity, None, MASKING_KEY, scrypt_n=TEST_SCRYPT_N)
-    hsm.initialize()
-    s = hsm.open_session(peer="127.0.0.1", client_cert_der=None)
-    call(hsm, s, "cluster.activate", password=ADMIN_PASSWORD)
-    hsm.close_session(s)
-    return hsm, crypto_user(hsm, admin_session(hsm), "alice")
+    """An activated hsm2m.medium HSM of a cluster in ``mode`` and a crypto user's session."""
+    hsm = _activated(mode)
+    return hsm, _alice(hsm)
 
 
 def _import_rfc_key(hsm: Hsm, session: int) -> tuple[int, int]:

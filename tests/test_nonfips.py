@@ -11,17 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hsm_support import (
@@ -34,6 +30,8 @@ from hsm_support import (
     login,
     refused,
 )
+from test_cloudhsm_local_cli import READY_TIMEOUT, _last_run, running_up
+from test_controlplane import _client, _error
 
 from client import Session
 from fixtures.clients import CloudHsmCli, Credentials, admin_credentials
@@ -46,24 +44,6 @@ from simulator.hsm import Hsm, HsmIdentity, ed25519ph
 NON_FIPS_STATE = "0 [non-FIPS mode with single factor authentication]"
 FIPS_STATE = "2 [FIPS mode with single factor authentication]"
 SUBNETS = ["subnet-0123456789abcdef0"]
-READY_TIMEOUT = 60.0
-
-
-def _client(running: ClusterThread) -> Any:
-    return boto3.client(
-        "cloudhsmv2",
-        endpoint_url=running.cluster.control_plane_url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
-
-
-def _error(call: Any, **kwargs: Any) -> tuple[str, str]:
-    with pytest.raises(ClientError) as caught:
-        call(**kwargs)
-    error = caught.value.response["Error"]
-    return error["Code"], error["Message"]
 
 
 @pytest.fixture
@@ -199,53 +179,24 @@ def test_up_mode_option() -> None:
         parser.parse_args(["up", "--mode", "NON_FIPS"])
 
 
-def _up(data_dir: Path, ready: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "simulator", "up", "--hsms", "1",
-         "--data-dir", str(data_dir), "--ready-file", str(ready), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-
-
-def _serve_once(data_dir: Path, ready: Path, *extra: str) -> tuple[dict[str, Any], str]:
-    """Run ``up`` until ready, then SIGTERM it: its ready document and its stdout."""
-    process = _up(data_dir, ready, *extra)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not ready.exists():
-            if process.poll() is not None:
-                pytest.fail(f"up exited with {process.returncode}: {process.communicate()[1]}")
-            if time.monotonic() > deadline:
-                pytest.fail("up did not become ready")
-            time.sleep(0.05)
-        document: dict[str, Any] = json.loads(ready.read_text())
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            out, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, _ = process.communicate()
-    ready.unlink(missing_ok=True)
-    return document, out
-
-
 @pytest.mark.slow
 def test_up_in_non_fips_mode_keeps_it_across_restarts(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    first, out = _serve_once(data_dir, tmp_path / "ready.json", "--mode", "non-fips")
-    assert first["mode"] == "NON_FIPS"
-    assert "(hsm2m.medium, NON_FIPS mode)" in out
-    second, _ = _serve_once(data_dir, tmp_path / "ready.json")
-    assert (second["cluster_id"], second["mode"]) == (first["cluster_id"], "NON_FIPS")
-    refused = _up(data_dir, tmp_path / "ready.json", "--mode", "fips")
-    _, err = refused.communicate(timeout=READY_TIMEOUT)
+    with running_up(tmp_path, "--mode", "non-fips", hsms=1) as first:
+        assert first["mode"] == "NON_FIPS"
+    assert "(hsm2m.medium, NON_FIPS mode)" in _last_run(tmp_path)["stdout"]
+    with running_up(tmp_path, hsms=1) as second:
+        assert (second["cluster_id"], second["mode"]) == (first["cluster_id"], "NON_FIPS")
+    refused = subprocess.run(
+        [sys.executable, "-m", "simulator", "up", "--data-dir", str(data_dir), "--mode", "fips"],
+        capture_output=True,
+        text=True,
+        timeout=READY_TIMEOUT,
+        check=False,
+    )
     assert refused.returncode == 1
-    assert f"the cluster in {data_dir} is in NON_FIPS mode" in err
-    assert "fixed at creation" in err
+    assert f"the cluster in {data_dir} is in NON_FIPS mode" in refused.stderr
+    assert "fixed at creation" in refused.stderr
     assert json.loads((data_dir / "cluster.json").read_text())["mode"] == "NON_FIPS"
 
 
