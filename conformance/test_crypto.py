@@ -7,7 +7,8 @@ algorithm, not merely self-consistent. Wrap/unwrap round trips prove the
 unwrapped key is the same key (same check value) and carries ``local=false``.
 ECDSA signatures are the PKCS#11 form, ``r || s`` with each half as long as
 the curve's order. ML-DSA signatures (hsm2m.medium) are checked the same way,
-over raw data and over an external mu the test computes. Encryption, MAC and check values are checked through the
+over raw data and over an external mu the test computes. Ed25519ph (non-FIPS clusters) is
+pinned by the RFC 8032 §7.3 vector, whose key the test unwraps into the HSM. Encryption, MAC and check values are checked through the
 Python library on keys whose value the test knows: it wraps its own key under
 an HSM RSA public key and unwraps it inside the HSM.
 """
@@ -15,6 +16,7 @@ an HSM RSA public key and unwraps it inside the HSM.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives import padding as sym_padding
-from cryptography.hazmat.primitives.asymmetric import ec, mldsa, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -32,7 +34,8 @@ from client import Session
 from client.errors import ClientError
 from client.session import Key
 from fixtures.clients import CloudHsmCli, Credentials
-from fixtures.users import UserFactory
+from fixtures.cluster import ClusterFactory, ClusterUnderTest
+from fixtures.users import UserFactory, UserNames, create_user
 
 pytestmark = pytest.mark.conformance("crypto")
 
@@ -704,3 +707,110 @@ def test_ml_dsa_external_mu_signs_the_message_it_stands_for(
     assert verified["data"] == {"message": "Signature verified successfully"}
     by_mu = verify_cli(as_signer, "ml-dsa", public, mu, signature, "--data-type", "external-mu")
     assert by_mu["data"] == {"message": "Signature verified successfully"}
+
+
+# -- Ed25519 and ed25519ph (hsm2m.medium, non-FIPS clusters) ------------------------------------
+
+#: `cluster hsm-info` in non-FIPS mode (AWS `cluster hsm-info` page).
+NON_FIPS_STATE = "0 [non-FIPS mode with single factor authentication]"
+#: RFC 8032 §7.3, "TEST abc": the Ed25519ph key and signature the AWS `crypto sign ed25519ph`
+#: page also shows (data `YWJj`).
+RFC8032_SEED = bytes.fromhex("833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42")
+RFC8032_SIGNATURE = bytes.fromhex(
+    "98a70222f0b8121aa9d30f813d683f809e462b469c7ff87639499bb94e6dae41"
+    "31f85042463c2a355a2003d062adf5aaa10b8c61e636062aaad11c2a26083406"
+)
+
+
+def place_rfc8032_key(hsm: Session) -> tuple[str, str]:
+    """(public, private) CLI references of the RFC 8032 §7.3 key: the private key unwrapped
+    under a new HSM RSA key (its PKCS#8 is the 32-byte seed), the public key imported."""
+    pair = hsm.generate_rsa_key_pair(
+        "ed-wrap-public",
+        "ed-wrap-private",
+        public_attributes={"wrap": True},
+        private_attributes={"unwrap": True},
+    )
+    wrapping = serialization.load_pem_public_key(hsm.export_public_key(pair.public))
+    assert isinstance(wrapping, rsa.RSAPublicKey)
+    secret = ed25519.Ed25519PrivateKey.from_private_bytes(RFC8032_SEED)
+    pkcs8 = secret.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    private = hsm.unwrap_key(
+        pair.private,
+        wrapping.encrypt(pkcs8, oaep),
+        key_type="ec",
+        key_class="private-key",
+        label="rfc8032-private",
+        mechanism="rsa-oaep",
+        attributes={"sign": True},
+        hash="sha256",
+        mgf="mgf1-sha256",
+    )
+    public_pem = secret.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    public = hsm.import_public_key(public_pem, "rfc8032-public", attributes={"verify": True})
+    return f"0x{public.reference:016x}", f"0x{private.reference:016x}"
+
+
+def check_ed25519ph_rfc8032(user: CloudHsmCli, hsm: Session) -> None:
+    """The RFC key signs "abc" to the RFC's signature, from raw data and from its SHA-512
+    digest; `crypto verify ed25519ph` accepts it and refuses it with one bit changed."""
+    public, private = place_rfc8032_key(hsm)
+    sha512 = ("--hash-function", "sha512")
+    assert sign(user, "ed25519ph", private, b"abc", *sha512) == RFC8032_SIGNATURE
+    digest = hashlib.sha512(b"abc").digest()
+    assert sign(user, "ed25519ph", private, digest, *sha512, data_type="digest") == (
+        RFC8032_SIGNATURE
+    )
+    raw = ("--data-type", "raw", *sha512)
+    verified = verify_cli(user, "ed25519ph", public, b"abc", RFC8032_SIGNATURE, *raw)
+    assert verified["data"] == {"message": "Signature verified successfully"}
+    flipped = RFC8032_SIGNATURE[:-1] + bytes([RFC8032_SIGNATURE[-1] ^ 0x01])
+    refused = verify_cli(user, "ed25519ph", public, b"abc", flipped, *raw)
+    assert (refused["error_code"], refused["data"]) == (1, "Signature verification failed")
+
+
+def test_ed25519_follows_the_cluster_mode(
+    cli: CloudHsmCli, crypto_user: UserFactory, cloudhsm_cluster: ClusterUnderTest
+) -> None:
+    """In non-FIPS mode (`cluster hsm-info` fips-state `0 [non-FIPS mode ...]`) the RFC 8032
+    §7.3 Ed25519ph vector holds through `crypto sign|verify ed25519ph`; in FIPS mode
+    `key generate-asymmetric-pair ec --curve ed25519` is refused and creates nothing (the
+    AWS pages: ed25519 "only supported on hsm2m.medium instances in non-FIPS mode")."""
+    user = crypto_user("ed_")
+    as_user = cli.as_user(user)
+    states = {h["fips-state"] for h in as_user.ok("cluster", "hsm-info")["hsms"]}
+    if states == {NON_FIPS_STATE}:
+        with Session.connect(cloudhsm_cluster.config_path) as hsm:
+            hsm.login(user.username, user.password, role=user.role)
+            check_ed25519ph_rfc8032(as_user, hsm)
+        return
+    assert NON_FIPS_STATE not in states
+    before = as_user.ok("key", "list")["total_key_count"]
+    refused = as_user(
+        "key", "generate-asymmetric-pair", "ec", "--curve", "ed25519",
+        "--public-label", "ed-public", "--private-label", "ed-private",
+    )  # fmt: skip
+    assert refused["error_code"] == 1
+    assert as_user.ok("key", "list")["total_key_count"] == before
+
+
+@pytest.mark.local_target
+def test_ed25519ph_rfc8032_vector_on_a_non_fips_cluster(
+    cluster_factory: ClusterFactory, user_names: UserNames
+) -> None:
+    """A new non-FIPS hsm2m.medium cluster reports fips-state `0 [non-FIPS mode with single
+    factor authentication]` on every HSM, and the RFC 8032 §7.3 Ed25519ph vector holds
+    through `crypto sign|verify ed25519ph` (raw data and SHA-512 digest)."""
+    cluster = cluster_factory(hsms=2, mode="NON_FIPS")
+    user = create_user(cluster, user_names, "crypto-user", "ed_")
+    as_user = CloudHsmCli(cluster, user)
+    hsms = as_user.ok("cluster", "hsm-info")["hsms"]
+    assert [h["fips-state"] for h in hsms] == [NON_FIPS_STATE] * 2
+    with Session.connect(cluster.config_path) as hsm:
+        hsm.login(user.username, user.password, role=user.role)
+        check_ed25519ph_rfc8032(as_user, hsm)
