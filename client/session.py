@@ -589,8 +589,9 @@ class AsyncSession:
             "data": data,
             "data_type": data_type,
         }
-        if mechanism == "ml-dsa":
-            del call["hash"]  # ML-DSA hashes inside the algorithm: it takes no hash function
+        if mechanism in ("ml-dsa", "ed25519"):
+            # ML-DSA and PureEdDSA hash inside the algorithm: they take no hash function.
+            del call["hash"]
         if mechanism == "rsa-pkcs-pss":
             call["mgf"] = mgf or f"mgf1-{hash_name}"
             call["salt_length"] = salt_length if salt_length is not None else 32

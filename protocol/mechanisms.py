@@ -122,6 +122,14 @@ MECHANISMS: dict[str, MechanismSpec] = {
             "ML-DSA (FIPS 204, pure, empty context) over raw data or a 64-byte external mu",
         ),
         _m(
+            "ed25519",
+            0x1057,
+            (SIGN, VERIFY),
+            ("ec",),
+            "PureEdDSA Ed25519 (CKM_EDDSA, RFC 8032 §5.1.6, no prehash) with an Ed25519 ec key, "
+            "data at most 16,000 bytes; hsm2m.medium non-FIPS only",
+        ),
+        _m(
             "ed25519ph",
             0x1057,
             (SIGN, VERIFY),
@@ -252,6 +260,9 @@ DATA_LIMITS: dict[str, int] = {
     "cloudhsm-aes-gcm": 16224,
     "des3-cbc": 16280,
     "des3-cbc-pad": 16280,
+    # PureEdDSA signs the whole message in the HSM: "no larger than 16,000 bytes" (AWS CLI
+    # page for crypto sign ed25519).
+    "ed25519": 16000,
 }
 
 

@@ -229,3 +229,44 @@ def test_fips_hsms_refuse_ed25519ph() -> None:
     # ecdsa keeps working in FIPS mode.
     call(hsm, alice, "crypto.sign", key_reference=key["private_key"]["key-reference"],
          mechanism="ecdsa", hash="sha256", data=b"abc")  # fmt: skip
+
+
+# -- PureEdDSA (crypto sign|verify ed25519) --------------------------------------------------
+
+
+def test_pure_ed25519_signs_as_cryptography_does() -> None:
+    hsm, alice = _hsm()
+    public, private = _import_rfc_key(hsm, alice)
+    expected = ed25519.Ed25519PrivateKey.from_private_bytes(RFC_SEED).sign(RFC_MESSAGE)
+    signed = call(hsm, alice, "crypto.sign", key_reference=private, mechanism="ed25519",
+                  data=RFC_MESSAGE)["signature"]  # fmt: skip
+    assert signed == expected
+    assert signed != RFC_SIGNATURE  # PureEdDSA is not HashEdDSA
+    call(hsm, alice, "crypto.verify", key_reference=public, mechanism="ed25519",
+         data=RFC_MESSAGE, signature=signed)  # fmt: skip
+    assert refused(hsm, alice, "crypto.verify", key_reference=public, mechanism="ed25519",
+                   data=RFC_MESSAGE, signature=RFC_SIGNATURE)[0] is Status.SIGNATURE_INVALID  # fmt: skip
+    # At most 16,000 bytes (the AWS page), no hash function, raw data only.
+    longest = bytes(16000)
+    call(hsm, alice, "crypto.sign", key_reference=private, mechanism="ed25519", data=longest)
+    status, message = refused(hsm, alice, "crypto.sign", key_reference=private,
+                              mechanism="ed25519", data=longest + b"\x00")  # fmt: skip
+    assert status is Status.DATA_LEN_RANGE
+    assert "16000" in message
+    assert refused(hsm, alice, "crypto.sign", key_reference=private, mechanism="ed25519",
+                   data=RFC_MESSAGE, hash="sha512") == (
+        Status.INVALID_ARGUMENT, "ed25519 takes no hash function"
+    )  # fmt: skip
+    assert refused(hsm, alice, "crypto.sign", key_reference=private, mechanism="ed25519",
+                   data=RFC_MESSAGE, data_type="digest")[0] is Status.INVALID_ARGUMENT  # fmt: skip
+
+
+def test_fips_hsms_refuse_pure_ed25519() -> None:
+    hsm, alice = _hsm("FIPS")
+    status, message = refused(hsm, alice, "crypto.sign", key_reference=1, mechanism="ed25519",
+                              data=b"abc")  # fmt: skip
+    assert status is Status.POLICY_VIOLATION
+    assert message.endswith(
+        "PureEdDSA signature operations are only supported on hsm2m.medium instances in "
+        "non-FIPS mode"
+    )

@@ -673,6 +673,7 @@ def test_registry_names_the_cloudhsm_vendor_mechanisms() -> None:
         "rsa-x-509",
         "ml-dsa",
         "ed25519ph",
+        "ed25519",
     }
 
 

@@ -444,6 +444,20 @@ def test_cli_signs_and_verifies_ed25519ph(non_fips_user: CloudHsmCli, tmp_path: 
         "--hash-function", "sha256", "--data-type", "raw", "--data-path", str(data),
     )  # fmt: skip
     assert "--data-type" in user.error(*sign, "--data-path", str(data))
+    # PureEdDSA: no --hash-function, no --data-type; cryptography verifies it.
+    pure = user.ok("crypto", "sign", "ed25519", "--key-filter", "attr.label=signer-private",
+                   "--data-path", str(data))  # fmt: skip
+    public.verify(base64.b64decode(pure["signature"]), message)
+    assert user.ok("crypto", "verify", "ed25519", "--key-filter", "attr.label=signer-public",
+                   "--data-path", str(data), "--signature", pure["signature"]) == ok  # fmt: skip
+    assert user.error("crypto", "verify", "ed25519", "--key-filter", "attr.label=signer-public",
+                      "--data-path", str(data), "--signature", raw["signature"]) == (
+        "Signature verification failed"
+    )  # fmt: skip
+    assert "unrecognized arguments" in user.error(
+        "crypto", "sign", "ed25519", "--key-filter", "attr.label=signer-private",
+        "--data-path", str(data), "--hash-function", "sha512",
+    )  # fmt: skip
     # ecdsa with the Ed25519 key: the HSM's refusal.
     assert user.error(
         "crypto", "sign", "ecdsa", "--key-filter", "attr.label=signer-private",
@@ -478,6 +492,9 @@ def test_library_signs_with_ed25519ph(non_fips_user: CloudHsmCli) -> None:
         )
         foreign = ed25519ph.sign(outside.private_bytes_raw(), b"from outside")
         assert hsm.verify(imported, b"from outside", foreign, mechanism="ed25519ph")
+        pure = outside.sign(b"from outside")
+        assert hsm.verify(imported, b"from outside", pure, mechanism="ed25519")
+        assert not hsm.verify(imported, b"from outside", foreign, mechanism="ed25519")
 
 
 def test_cli_refuses_ed25519_on_a_fips_cluster(

@@ -1,10 +1,11 @@
-"""``crypto sign|verify ecdsa|rsa-pkcs|rsa-pkcs-pss|ml-dsa|ed25519ph``.
+"""``crypto sign|verify ecdsa|rsa-pkcs|rsa-pkcs-pss|ml-dsa|ed25519ph|ed25519``.
 
 ``ml-dsa`` takes no ``--hash-function``: its ``--data-type`` is ``raw`` (the HSM signs the
 message itself) or ``external-mu`` (the 64-byte mu of FIPS 204 §6.2, computed by the
 caller with the public key). ``ed25519ph`` (HashEdDSA, hsm2m.medium non-FIPS clusters
 only) requires ``--data-type raw|digest`` and ``--hash-function``, whose only value is
-``sha512`` (the AWS pages for ``crypto sign|verify ed25519ph``). Errors about
+``sha512`` (the AWS pages for ``crypto sign|verify ed25519ph``); ``ed25519`` (PureEdDSA)
+takes neither option: it signs the data itself, at most 16,000 bytes. Errors about
 ``rsa-pkcs-pss``'s salt name the CLI option
 ``--salt-length``, never the wire argument behind it.
 """
@@ -26,7 +27,9 @@ from client.cluster import ClusterView
 from client.errors import HsmStatusError
 from protocol.ops import Op
 
-MECHANISMS = ("ecdsa", "rsa-pkcs", "rsa-pkcs-pss", "ml-dsa", "ed25519ph")
+MECHANISMS = ("ecdsa", "rsa-pkcs", "rsa-pkcs-pss", "ml-dsa", "ed25519ph", "ed25519")
+#: Mechanisms that hash inside the algorithm: no ``--hash-function``.
+_UNHASHED = ("ml-dsa", "ed25519")
 
 #: ``--data-type`` values per mechanism (the default first where one is optional).
 DATA_TYPES: dict[str, tuple[str, ...]] = {"ml-dsa": ("raw", "external-mu")}
@@ -68,7 +71,7 @@ def _sign_args(args: argparse.Namespace, key: dict[str, Any], data: bytes) -> di
         "data": data,
         "data_type": args.data_type,
     }
-    if args.mechanism != "ml-dsa":
+    if args.mechanism not in _UNHASHED:
         call_args["hash"] = args.hash_function
     if args.mechanism == "rsa-pkcs-pss":
         if args.mgf != f"mgf1-{args.hash_function}":
@@ -144,7 +147,10 @@ def register(root: CommandGroup) -> None:
             leaf.add_argument("--key-filter", nargs="+", required=True, dest="key_filter")
             leaf.add_argument("--data", help="Base64 data")
             leaf.add_argument("--data-path", dest="data_path")
-            if mechanism == "ml-dsa":
+            if mechanism == "ed25519":
+                # The ed25519 pages list no --hash-function and no --data-type.
+                leaf.set_defaults(data_type="raw")
+            elif mechanism == "ml-dsa":
                 # The ml-dsa pages list --data-type among the required options.
                 leaf.add_argument(
                     "--data-type", required=True, choices=DATA_TYPES[mechanism], dest="data_type"

@@ -1578,8 +1578,11 @@ class Hsm:
         return self._keys.usable(arg.handle(args, "key_reference"), session.username)
 
     def _require_mechanism_allowed(self, args: Mapping[str, Any]) -> None:
-        if args.get("mechanism") == "ed25519ph":
+        mechanism = args.get("mechanism")
+        if mechanism == "ed25519ph":
             self._require_non_fips("HashEdDSA signature operations")
+        elif mechanism == "ed25519":
+            self._require_non_fips("PureEdDSA signature operations")
 
     def _crypto_sign(self, session: Session, args: Mapping[str, Any]) -> Any:
         self._require_mechanism_allowed(args)

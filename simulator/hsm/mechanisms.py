@@ -15,7 +15,8 @@ encryption and returns the HSM's own, and ``cloudhsm-aes-gcm`` refuses one.
 external mu (FIPS 204 §6.2), as ``crypto sign ml-dsa --data-type`` offers.
 ``ed25519ph`` is HashEdDSA (RFC 8032 Ed25519ph, empty context) with an Ed25519 ``ec``
 key, over raw data or its 64-byte SHA-512 digest; SHA-512 is its only hash
-(:mod:`simulator.hsm.ed25519ph`).
+(:mod:`simulator.hsm.ed25519ph`). ``ed25519`` is PureEdDSA over raw data of at most
+16,000 bytes, with no hash.
 
 Key wrap, unwrap and derivation live in :mod:`simulator.hsm.wrapping` and
 :mod:`simulator.hsm.derivation` and are re-exported here.
@@ -215,6 +216,7 @@ _SIGNING_KEY_TYPES: dict[str, tuple[str, ...]] = {
     "ecdsa": ("ec",),
     "ml-dsa": ("mldsa",),
     "ed25519ph": ("ec",),
+    "ed25519": ("ec",),
 }
 
 #: Ed25519ph prehashes with SHA-512 and nothing else (RFC 8032 §5.1; ``--hash-function sha512``).
@@ -291,6 +293,45 @@ def _not_ed25519(mechanism: str) -> HsmError:
     )
 
 
+def _pure_eddsa_data(args: Mapping[str, Any]) -> bytes:
+    """PureEdDSA signs the message itself: no hash, raw data, at most 16,000 bytes."""
+    if args.get("hash") is not None:
+        raise HsmError(Status.INVALID_ARGUMENT, "ed25519 takes no hash function")
+    if args.get("data_type", "raw") != "raw":
+        raise HsmError(Status.INVALID_ARGUMENT, "data_type must be raw for ed25519")
+    data = data_bytes(args)
+    check_data_limit("ed25519", len(data))
+    return data
+
+
+def _eddsa_sign(private: object, mechanism: str, args: Mapping[str, Any]) -> bytes:
+    if not isinstance(private, ed25519.Ed25519PrivateKey):
+        raise _not_ed25519(mechanism)
+    if mechanism == "ed25519":
+        return private.sign(_pure_eddsa_data(args))
+    return ed25519ph.sign_digest(private.private_bytes_raw(), _ed25519ph_digest(args))
+
+
+def _eddsa_verify(
+    public: object, mechanism: str, signature: bytes, args: Mapping[str, Any]
+) -> None:
+    if not isinstance(public, ed25519.Ed25519PublicKey):
+        raise _not_ed25519(mechanism)
+    if mechanism == "ed25519":
+        try:
+            public.verify(signature, _pure_eddsa_data(args))
+        except InvalidSignature:
+            raise HsmError(Status.SIGNATURE_INVALID, "Signature verification failed") from None
+        return
+    digest = _ed25519ph_digest(args)
+    if not ed25519ph.verify_digest(public.public_bytes_raw(), digest, signature):
+        raise HsmError(Status.SIGNATURE_INVALID, "Signature verification failed")
+
+
+#: The EdDSA mechanisms (Ed25519 keys only).
+EDDSA = ("ed25519", "ed25519ph")
+
+
 def sign(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) -> bytes:
     """A signature with a private key (``sign`` must be true)."""
     mechanism = _mechanism_for(args, SIGN)
@@ -300,10 +341,8 @@ def sign(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) ->
     if mechanism == "ml-dsa":
         assert isinstance(private, MLDSAPrivateKey)
         return _mldsa_sign(private, args)
-    if mechanism == "ed25519ph":
-        if not isinstance(private, ed25519.Ed25519PrivateKey):
-            raise _not_ed25519(mechanism)
-        return ed25519ph.sign_digest(private.private_bytes_raw(), _ed25519ph_digest(args))
+    if mechanism in EDDSA:
+        return _eddsa_sign(private, mechanism, args)
     if mechanism == "ecdsa":
         _require_weierstrass(private, mechanism)
         assert isinstance(private, ec.EllipticCurvePrivateKey)
@@ -337,12 +376,8 @@ def verify(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) 
         assert isinstance(public, MLDSAPublicKey)
         _mldsa_verify(public, signature, args)
         return
-    if mechanism == "ed25519ph":
-        if not isinstance(public, ed25519.Ed25519PublicKey):
-            raise _not_ed25519(mechanism)
-        digest = _ed25519ph_digest(args)
-        if not ed25519ph.verify_digest(public.public_bytes_raw(), digest, signature):
-            raise HsmError(Status.SIGNATURE_INVALID, "Signature verification failed")
+    if mechanism in EDDSA:
+        _eddsa_verify(public, mechanism, signature, args)
         return
     if mechanism == "ecdsa":
         _require_weierstrass(public, mechanism)
