@@ -166,7 +166,8 @@ SHAPES: dict[Op, OpShape] = {
         "{key: key object}",
     ),
     Op.KEY_GENERATE_PAIR: OpShape(
-        "{key_type: rsa|ec|mldsa, modulus_size_bits?, public_exponent?: int, curve?, "
+        "{key_type: rsa|ec|mldsa, modulus_size_bits?, public_exponent?: int, curve? (ed25519: "
+        "non-FIPS hsm2m.medium only), "
         "mldsa_algorithm?: ML-DSA-44|ML-DSA-65|ML-DSA-87 (hsm2m.medium only), public_label?, "
         "private_label?, session?: bool, public_attributes?, private_attributes?, share_with?, "
         "manage_quorum?, use_quorum?}",
@@ -219,9 +220,10 @@ SHAPES: dict[Op, OpShape] = {
         "{replica: bytes}", "{key: key object} (an identical key already here is success)"
     ),
     Op.CRYPTO_SIGN: OpShape(
-        "{key_reference, mechanism: rsa-pkcs|rsa-pkcs-pss|ecdsa|rsa-x-509|ml-dsa, hash?: "
-        "sha1..sha512, data: bytes, data_type?: raw|digest (ml-dsa: raw|external-mu), mgf?, "
-        "salt_length?, approval?}",
+        "{key_reference, mechanism: rsa-pkcs|rsa-pkcs-pss|ecdsa|rsa-x-509|ml-dsa|ed25519ph|"
+        "ed25519, hash?: sha1..sha512 (ed25519ph: sha512; ml-dsa, ed25519: none), data: bytes, "
+        "data_type?: raw|digest (ml-dsa: raw|external-mu; ed25519: raw), mgf?, salt_length?, "
+        "approval?}",
         "{signature: bytes}",
     ),
     Op.CRYPTO_VERIFY: OpShape(
