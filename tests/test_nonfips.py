@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from hsm_support import (
     ADMIN_PASSWORD,
     MASKING_KEY,
@@ -40,6 +43,7 @@ from protocol.status import Status
 from simulator.cli import build_parser
 from simulator.cluster import ClusterError, ClusterThread, LocalCluster
 from simulator.hsm import Hsm, HsmIdentity, ed25519ph
+from simulator.hsm.material import des_odd_parity
 
 NON_FIPS_STATE = "0 [non-FIPS mode with single factor authentication]"
 FIPS_STATE = "2 [FIPS mode with single factor authentication]"
@@ -507,3 +511,49 @@ def test_cli_refuses_ed25519_on_a_fips_cluster(
         "--public-label", "ed-public", "--private-label", "ed-private",
     ) == ED25519_POLICY  # fmt: skip
     assert user.ok("key", "list")["total_key_count"] == before
+
+
+# -- Triple DES: disallowed in FIPS mode after 2023, still allowed in non-FIPS mode ---------------
+
+
+def _des3_value() -> bytes:
+    return des_odd_parity(os.urandom(24))
+
+
+def test_fips_hsms_refuse_new_3des_keys_and_3des_encryption_but_still_decrypt() -> None:
+    hsm = _activated("FIPS")
+    alice = _alice(hsm)
+    status, message = refused(hsm, alice, "key.generate", key_type="des3", key_length_bytes=24)
+    assert status is Status.POLICY_VIOLATION
+    assert message == (
+        "This operation violates the current configured/FIPS policies: Triple DES key "
+        "generation and derivation are only supported on hsm2m.medium instances in non-FIPS mode"
+    )
+    value = _des3_value()
+    legacy = call(hsm, alice, "key.import", key_class="secret-key", key_type="des3",
+                  value=value, label="legacy-3des",
+                  attributes={"encrypt": True, "decrypt": True})["key"]  # fmt: skip
+    iv = os.urandom(8)
+    status, message = refused(hsm, alice, "crypto.encrypt", key_reference=legacy["key-reference"],
+                              mechanism="des3-cbc", iv=iv, data=bytes(16))  # fmt: skip
+    assert status is Status.POLICY_VIOLATION
+    assert "Triple DES encryption operations" in message
+    # Data protected before 2024 still decrypts.
+    encryptor = Cipher(TripleDES(value), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(b"legacy payload!!") + encryptor.finalize()
+    plain = call(hsm, alice, "crypto.decrypt", key_reference=legacy["key-reference"],
+                 mechanism="des3-cbc", iv=iv, data=ciphertext)  # fmt: skip
+    assert plain["data"] == b"legacy payload!!"
+
+
+def test_non_fips_hsms_generate_and_use_3des_keys() -> None:
+    hsm = _activated()
+    alice = _alice(hsm)
+    key = call(hsm, alice, "key.generate", key_type="des3", key_length_bytes=24, label="3des",
+               attributes={"encrypt": True, "decrypt": True})["key"]  # fmt: skip
+    iv = os.urandom(8)
+    sealed = call(hsm, alice, "crypto.encrypt", key_reference=key["key-reference"],
+                  mechanism="des3-cbc-pad", iv=iv, data=b"card data")  # fmt: skip
+    opened = call(hsm, alice, "crypto.decrypt", key_reference=key["key-reference"],
+                  mechanism="des3-cbc-pad", iv=iv, data=sealed["data"])  # fmt: skip
+    assert opened["data"] == b"card data"

@@ -64,6 +64,12 @@ from simulator.hsm.users import ADMIN, APPLIANCE, CRYPTO_USER, UNACTIVATED_ADMIN
 
 _log = logging.getLogger(__name__)
 
+#: 3DES after NIST withdrew SP 800-67r2 (2024): no longer FIPS-approved to apply protection
+#: (encryption, new keys), so FIPS clusters refuse it; non-FIPS clusters still allow it (AWS
+#: PKCS#11 key types page, note 1). Decryption and imported/unwrapped 3DES keys stay allowed.
+TRIPLE_DES_GENERATION = "Triple DES key generation and derivation"
+TRIPLE_DES_ENCRYPTION = ("des3-cbc", "des3-cbc-pad")
+
 #: Most encoded bytes of key objects in one ``key.find`` answer (a page): half the
 #: message limit, leaving room for the envelope and one more key of any size.
 FIND_PAGE_BYTES = 512 * 1024
@@ -1240,6 +1246,8 @@ class Hsm:
     def _key_generate(self, session: Session, args: Mapping[str, Any]) -> Any:
         assert session.username is not None
         key_type = arg.choice(args, "key_type", ("aes", "generic-secret", "des3"))
+        if key_type == "des3":
+            self._require_non_fips(TRIPLE_DES_GENERATION)
         length = arg.integer(args, "key_length_bytes", low=1, high=4096)
         session_flag = arg.flag(args, "session")
         template = self._template(args, "attributes", "label", session_flag)
@@ -1374,6 +1382,8 @@ class Hsm:
         base = self._keys.usable(arg.handle(args, "base_key"), session.username)
         params = arg.mapping(args, "params") or {}
         key_type = arg.choice(args, "key_type", ("aes", "generic-secret", "des3"))
+        if key_type == "des3":
+            self._require_non_fips(TRIPLE_DES_GENERATION)
         length = arg.integer(args, "key_length_bytes", low=1, high=4096)
         session_flag = arg.flag(args, "session")
         template = self._template(args, "attributes", "label", session_flag)
@@ -1597,6 +1607,9 @@ class Hsm:
         return {}
 
     def _crypto_encrypt(self, session: Session, args: Mapping[str, Any]) -> Any:
+        if args.get("mechanism") in TRIPLE_DES_ENCRYPTION:
+            # Decryption stays allowed: 3DES may still remove protection (legacy data).
+            self._require_non_fips("Triple DES encryption operations")
         record = self._usable_for(session, args)
         return mechanisms.encrypt(self._keys.material(record), record.attrs, args)
 
