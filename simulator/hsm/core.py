@@ -70,6 +70,12 @@ _log = logging.getLogger(__name__)
 TRIPLE_DES_GENERATION = "Triple DES key generation and derivation"
 TRIPLE_DES_ENCRYPTION = ("des3-cbc", "des3-cbc-pad")
 
+#: AWS's key unwrap page: "ML-DSA keys cannot be unwrapped. To use ML-DSA keys, generate
+#: them directly on the HSM"; nor are ML-DSA private keys imported.
+_MLDSA_GENERATED_ONLY = (
+    "ML-DSA keys cannot be {}: generate them in the HSM with key generate-asymmetric-pair ml-dsa"
+)
+
 #: Most encoded bytes of key objects in one ``key.find`` answer (a page): half the
 #: message limit, leaving room for the envelope and one more key of any size.
 FIND_PAGE_BYTES = 512 * 1024
@@ -1330,6 +1336,8 @@ class Hsm:
         attrs = creation_attributes(
             key_class, key_type, template, local=False, hsm_type=self.identity.hsm_type
         )
+        if key_class == "private-key" and key_type == "mldsa":
+            raise HsmError(Status.TEMPLATE_INCONSISTENT, _MLDSA_GENERATED_ONLY.format("imported"))
         material = import_key(key_class, key_type, pem=pem, value=value)
         if key_class == "secret-key":
             self._keys.check_quota(symmetric=1)
@@ -1348,6 +1356,8 @@ class Hsm:
         key_type = arg.choice(
             args, "key_type", ("aes", "generic-secret", "des3", "rsa", "ec", "mldsa")
         )
+        if key_type == "mldsa":
+            raise HsmError(Status.TEMPLATE_INCONSISTENT, _MLDSA_GENERATED_ONLY.format("unwrapped"))
         params = arg.mapping(args, "params") or {}
         session_flag = arg.flag(args, "session")
         template = self._template(args, "attributes", "label", session_flag)
