@@ -557,3 +557,31 @@ def test_non_fips_hsms_generate_and_use_3des_keys() -> None:
     opened = call(hsm, alice, "crypto.decrypt", key_reference=key["key-reference"],
                   mechanism="des3-cbc-pad", iv=iv, data=sealed["data"])  # fmt: skip
     assert opened["data"] == b"card data"
+
+
+def test_cli_reference_pem_of_an_ed25519_private_key(
+    non_fips_user: CloudHsmCli, tmp_path: Path
+) -> None:
+    """The OpenSSL provider takes Ed25519 keys on non-FIPS clusters: `key generate-file
+    --encoding reference-pem` writes a PKCS#8 v2 key (RFC 8410 id-Ed25519) whose private
+    key is the key reference and whose public key is the real one."""
+    user = non_fips_user
+    pair = _cli_ed25519_pair(user, "ed-ref")
+    fake, public_pem = tmp_path / "fake.pem", tmp_path / "public.pem"
+    user.ok("key", "generate-file", "--encoding", "reference-pem", "--path", str(fake),
+            "--filter", "attr.label=ed-ref-private")  # fmt: skip
+    assert fake.stat().st_mode & 0o777 == 0o600
+    user.ok("key", "generate-file", "--encoding", "pem", "--path", str(public_pem),
+            "--filter", "attr.label=ed-ref-public")  # fmt: skip
+    public = serialization.load_pem_public_key(public_pem.read_bytes())
+    assert isinstance(public, ed25519.Ed25519PublicKey)
+    text = fake.read_text()
+    assert text.startswith("-----BEGIN PRIVATE KEY-----\n")
+    der = base64.b64decode("".join(text.splitlines()[1:-1]))
+    reference = int(pair["private_key"]["key-reference"], 16)
+    assert der == (
+        bytes.fromhex("3051020101300506032b657004220420")
+        + reference.to_bytes(32, "big")
+        + bytes.fromhex("812100")
+        + public.public_bytes_raw()
+    )

@@ -8,7 +8,9 @@ the CRT fields set to 1. EC: ``ECPrivateKey`` whose private value is the key ref
 with the real curve and public point. ML-DSA: a PKCS#8 v2 ``OneAsymmetricKey`` (RFC 5958)
 of the key's parameter set whose 32-byte seed is the key reference and whose ``publicKey``
 is the real public key (FIPS 204 encoding), so the parameter set and the public half are
-both read from the file, as the OpenSSL provider needs for ML-DSA.
+both read from the file, as the OpenSSL provider needs for ML-DSA. Ed25519 (an ``ec`` key
+on curve ``ed25519``, non-FIPS clusters): the same PKCS#8 v2 shape with ``id-Ed25519``
+(RFC 8410), the key reference as the 32-byte private key and the real public key.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 
 from client.cli.output import CliError
 
@@ -36,6 +38,9 @@ _MLDSA_OIDS: dict[type, str] = {
 }
 #: An ML-DSA seed (FIPS 204 xi) is 32 bytes; the fake one is the key reference, big-endian.
 _MLDSA_SEED_BYTES = 32
+#: id-Ed25519 (RFC 8410); its private key is 32 bytes, here the key reference, big-endian.
+_ED25519_OID = "1.3.101.112"
+_ED25519_KEY_BYTES = 32
 
 
 def _length(size: int) -> bytes:
@@ -93,6 +98,8 @@ def reference_pem(key: dict[str, Any], public_pem: bytes | None) -> bytes:
         fields = [0, modulus, exponent, reference, 1, 1, 1, 1, 1]
         der = _tlv(0x30, b"".join(_integer(v) for v in fields))
         return _pem("RSA PRIVATE KEY", der)
+    if key_type == "ec" and attributes.get("curve") == "ed25519":
+        return _ed25519_reference(reference, public)
     if key_type == "ec":
         curve = str(attributes.get("curve", ""))
         oid = _CURVE_OIDS.get(curve)
@@ -125,6 +132,18 @@ def _mldsa_reference(reference: int, public: object) -> bytes:
         _integer(1)  # v2: the public key follows the private key
         + _tlv(0x30, _oid(oid))
         + _tlv(0x04, _tlv(0x80, reference.to_bytes(_MLDSA_SEED_BYTES, "big")))
+        + _tlv(0x81, b"\x00" + public.public_bytes_raw())
+    )
+    return _pem("PRIVATE KEY", _tlv(0x30, body))
+
+
+def _ed25519_reference(reference: int, public: object) -> bytes:
+    if not isinstance(public, ed25519.Ed25519PublicKey):
+        raise CliError("The Ed25519 key's public key is not available")
+    body = (
+        _integer(1)  # v2: the public key follows the private key
+        + _tlv(0x30, _oid(_ED25519_OID))
+        + _tlv(0x04, _tlv(0x04, reference.to_bytes(_ED25519_KEY_BYTES, "big")))
         + _tlv(0x81, b"\x00" + public.public_bytes_raw())
     )
     return _pem("PRIVATE KEY", _tlv(0x30, body))
