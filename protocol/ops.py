@@ -176,8 +176,8 @@ SHAPES: dict[Op, OpShape] = {
     Op.KEY_FIND: OpShape(
         "{filter?: {attribute name: value}, key_reference?: int, verbose?: bool, after?: int}",
         "{keys: [key object], next_after?: int} (visible keys only: owned, shared, and every "
-        "public key; in reference order, after the reference ``after``; ``next_after`` when "
-        "the page is full: ask again with after=next_after for the rest)",
+        "public key; in reference order, past `after`; a page holds at most 512 KiB of key "
+        "objects, and `next_after` says to ask again with `after` set to it)",
     ),
     Op.KEY_GET: OpShape("{key_reference}", "{key: key object}"),
     Op.KEY_SET_ATTRIBUTE: OpShape("{key_reference, name, value, approval?}", "{key: key object}"),

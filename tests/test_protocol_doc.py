@@ -8,7 +8,7 @@ from pathlib import Path
 from protocol.channel import parse_hello, parse_hello_ack, parse_host_error
 from protocol.framing import FrameDecoder, FrameType, HostErrorCode
 from protocol.messages import MessageDecoder, parse_request, parse_response
-from protocol.ops import Op
+from protocol.ops import SHAPES, Op
 from protocol.status import Status
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
@@ -16,7 +16,10 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(e
 
 def test_every_op_status_and_host_error_is_documented() -> None:
     for op in Op:
-        assert f"| `{op.value}` |" in DOC, op
+        # The row says what protocol/ops.py's SHAPES says, word for word.
+        shape = SHAPES[op]
+        args, result = (text.replace("|", "\\|") for text in (shape.args, shape.result))
+        assert f"| `{op.value}` | `{args}` | {result} |" in DOC, op
     for status in Status:
         assert f"| `{status.name}` | 0x{int(status):X} |" in DOC, status
     for code in HostErrorCode:
