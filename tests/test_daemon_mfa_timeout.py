@@ -168,7 +168,9 @@ def test_a_timed_out_login_leaves_no_hsm_logged_in(
     first_only = tmp_path / "first.cfg"
     first_only.write_text(json.dumps(document))
     register_mfa(first_only, user)
-    monkeypatch.setenv(MFA_TIMEOUT_ENV, str(TIMEOUT))
+    # The operator's other way to set it: the daemon's own option (the environment
+    # variable, set to something long here, gives way to it).
+    monkeypatch.setenv(MFA_TIMEOUT_ENV, "600")
     socket_path = tmp_path / "run" / "client.sock"
 
     async def scenario() -> None:
@@ -182,7 +184,8 @@ def test_a_timed_out_login_leaves_no_hsm_logged_in(
         finally:
             await view.close()
 
-    with running_daemon(cluster.config_path, socket_path) as process:
+    options = ("--mfa-timeout", str(TIMEOUT))
+    with running_daemon(cluster.config_path, socket_path, options=options) as process:
         asyncio.run(scenario())
         with Session.connect_daemon(socket_path) as hsm:
             hsm.login(user.username, user.password, mfa_signer=sign_tokens)
