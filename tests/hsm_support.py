@@ -15,19 +15,26 @@ ADMIN_PASSWORD = "admin-password-1"
 MASKING_KEY = bytes(range(32))
 
 
-def identity(hsm_type: str = "hsm2m.medium", hsm_id: str = "hsm-abcdefghijk") -> HsmIdentity:
+def identity(
+    hsm_type: str = "hsm2m.medium", hsm_id: str = "hsm-abcdefghijk", *, mode: str = "FIPS"
+) -> HsmIdentity:
     return HsmIdentity(
         hsm_id=hsm_id,
         cluster_id="cluster-abcdefghijk",
         serial="5.3G1941-ICM000590",
         hsm_type=hsm_type,
+        mode=mode,
     )
 
 
 def open_hsm(
-    path: Path | None = None, *, hsm_type: str = "hsm2m.medium", masking_key: bytes = MASKING_KEY
+    path: Path | None = None,
+    *,
+    hsm_type: str = "hsm2m.medium",
+    masking_key: bytes = MASKING_KEY,
+    mode: str = "FIPS",
 ) -> Hsm:
-    return Hsm.open(identity(hsm_type), path, masking_key, scrypt_n=TEST_SCRYPT_N)
+    return Hsm.open(identity(hsm_type, mode=mode), path, masking_key, scrypt_n=TEST_SCRYPT_N)
 
 
 def call(hsm: Hsm, session: int, op: str, /, **args: Any) -> Any:

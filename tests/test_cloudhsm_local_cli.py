@@ -3,68 +3,20 @@
 from __future__ import annotations
 
 import json
-import signal
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
+from up_support import last_run, running_up
 
 from client.cli import main as cli_main
 from simulator import pki
 from simulator.cli import main
 
 pytestmark = pytest.mark.slow
-
-#: Seconds ``up`` may take to become ready on a loaded 2-core CI machine.
-READY_TIMEOUT = 60.0
-
-
-@contextmanager
-def running_up(tmp_path: Path, *extra: str, hsms: int = 2) -> Iterator[dict[str, Any]]:
-    """``cloudhsm-local up`` as a subprocess; yields the ready document, then SIGTERMs it."""
-    ready = tmp_path / f"ready-{time.monotonic_ns()}.json"
-    data_dir = tmp_path / "data"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "up", "--hsms", str(hsms),
-         "--data-dir", str(data_dir), "--ready-file", str(ready), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not ready.exists():
-            if process.poll() is not None:
-                out, err = process.communicate()
-                pytest.fail(f"up exited with {process.returncode}: {err}")
-            if time.monotonic() > deadline:
-                pytest.fail("up did not become ready")
-            time.sleep(0.05)
-        document = json.loads(ready.read_text())
-        document["_process"] = process
-        yield document
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            out, err = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, err = process.communicate()
-        document_out = {"stdout": out, "stderr": err, "returncode": process.returncode}
-        (tmp_path / "last-run.json").write_text(json.dumps(document_out))
-
-
-def _last_run(tmp_path: Path) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((tmp_path / "last-run.json").read_text())
-    return result
 
 
 def test_up_serves_until_sigterm_and_writes_its_files(tmp_path: Path) -> None:
@@ -78,7 +30,7 @@ def test_up_serves_until_sigterm_and_writes_its_files(tmp_path: Path) -> None:
         servers = config["clusters"][0]["cluster"]["servers"]
         assert [s["port"] for s in servers] == [h["port"] for h in ready["hsms"]]
         assert config["clusters"][0]["cluster"]["hsm_ca_file"] == str(data_dir / "customerCA.crt")
-    run = _last_run(tmp_path)
+    run = last_run(tmp_path)
     assert run["returncode"] == 0, run["stderr"]
     assert f"export CLOUDHSM_CONFIG={data_dir / 'cloudhsm-cli.cfg'}" in run["stdout"]
     assert "cloudhsm-cli cluster activate" in run["stdout"]
@@ -106,7 +58,7 @@ def test_restart_keeps_ids_and_ports(tmp_path: Path) -> None:
         assert second["cluster_id"] == first["cluster_id"]
         assert second["hsms"] == first["hsms"]
         assert second["control_plane_endpoint"] == first["control_plane_endpoint"]
-    assert _last_run(tmp_path)["returncode"] == 0
+    assert last_run(tmp_path)["returncode"] == 0
 
 
 def test_ceremony_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -247,7 +199,7 @@ def test_hsm_add_remove_and_faults_against_a_running_up(
         assert json.loads(capsys.readouterr().out) == {"HsmId": added["HsmId"]}
         servers = json.loads(config_path.read_text())["clusters"][0]["cluster"]["servers"]
         assert len(servers) == 1
-    assert _last_run(tmp_path)["returncode"] == 0
+    assert last_run(tmp_path)["returncode"] == 0
 
 
 def test_a_second_up_on_the_same_data_dir_is_refused(
@@ -259,4 +211,4 @@ def test_a_second_up_on_the_same_data_dir_is_refused(
         assert (
             f"already served by cloudhsm-local up (pid {ready['pid']})" in capsys.readouterr().err
         )
-    assert _last_run(tmp_path)["returncode"] == 0
+    assert last_run(tmp_path)["returncode"] == 0

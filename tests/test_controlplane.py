@@ -11,25 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.exceptions import ClientError
+from controlplane_support import api_error, boto3_client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator import pki
 from simulator.cluster import ClusterThread
 from simulator.controlplane import MAX_HEADER_BYTES, HttpError, HttpRequest, read_request
-
-
-def _client(running: ClusterThread) -> Any:
-    return boto3.client(
-        "cloudhsmv2",
-        endpoint_url=running.cluster.control_plane_url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +34,8 @@ def fresh() -> Iterator[ClusterThread]:
         yield running
 
 
-def _error(call: Any, **kwargs: Any) -> tuple[str, str]:
-    with pytest.raises(ClientError) as caught:
-        call(**kwargs)
-    error = caught.value.response["Error"]
-    return error["Code"], error["Message"]
-
-
 def _assert_unchanged(running: ClusterThread) -> None:
-    described = _client(running).describe_clusters()["Clusters"][0]
+    described = boto3_client(running).describe_clusters()["Clusters"][0]
     assert described["State"] == "UNINITIALIZED"
     assert "ClusterCsr" in described["Certificates"]
     assert "ClusterCertificate" not in described["Certificates"]
@@ -63,7 +45,7 @@ def _assert_unchanged(running: ClusterThread) -> None:
 
 
 def test_describe_clusters_through_boto3(uninitialized: ClusterThread) -> None:
-    client = _client(uninitialized)
+    client = boto3_client(uninitialized)
     clusters = client.describe_clusters()["Clusters"]
     assert len(clusters) == 1
     cluster = clusters[0]
@@ -91,12 +73,12 @@ def test_describe_clusters_through_boto3(uninitialized: ClusterThread) -> None:
 def test_describe_clusters_filters(
     uninitialized: ClusterThread, filters: dict[str, list[str]], count: int
 ) -> None:
-    clusters = _client(uninitialized).describe_clusters(Filters=filters)["Clusters"]
+    clusters = boto3_client(uninitialized).describe_clusters(Filters=filters)["Clusters"]
     assert len(clusters) == count
 
 
 def test_describe_clusters_filter_by_own_ids(uninitialized: ClusterThread) -> None:
-    client = _client(uninitialized)
+    client = boto3_client(uninitialized)
     cluster = client.describe_clusters()["Clusters"][0]
     by_id = client.describe_clusters(Filters={"clusterIds": [cluster["ClusterId"]]})
     by_vpc = client.describe_clusters(Filters={"vpcIds": [cluster["VpcId"]]})
@@ -104,7 +86,7 @@ def test_describe_clusters_filter_by_own_ids(uninitialized: ClusterThread) -> No
 
 
 def test_describe_clusters_paginates(uninitialized: ClusterThread) -> None:
-    client = _client(uninitialized)
+    client = boto3_client(uninitialized)
     pages = list(
         client.get_paginator("describe_clusters").paginate(PaginationConfig={"PageSize": 1})
     )
@@ -121,7 +103,7 @@ def test_describe_clusters_paginates(uninitialized: ClusterThread) -> None:
 def test_describe_clusters_rejects_bad_input(
     uninitialized: ClusterThread, kwargs: dict[str, Any], fragment: str
 ) -> None:
-    code, message = _error(_client(uninitialized).describe_clusters, **kwargs)
+    code, message = api_error(boto3_client(uninitialized).describe_clusters, **kwargs)
     assert code == "CloudHsmInvalidRequestException"
     assert fragment in message
 
@@ -137,7 +119,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def test_initialize_with_the_aws_guide_commands(fresh: ClusterThread, tmp_path: Path) -> None:
-    client = _client(fresh)
+    client = boto3_client(fresh)
     cluster_id = fresh.cluster.cluster_id
     csr = client.describe_clusters(Filters={"clusterIds": [cluster_id]})["Clusters"][0][
         "Certificates"
@@ -171,7 +153,7 @@ def test_initialize_with_the_aws_guide_commands(fresh: ClusterThread, tmp_path: 
     assert described["Certificates"]["ClusterCertificate"].strip() == (
         (tmp_path / f"{cluster_id}_CustomerHsmCertificate.crt").read_text().strip()
     )
-    code, message = _error(
+    code, message = api_error(
         client.initialize_cluster,
         ClusterId=cluster_id,
         SignedCert=described["Certificates"]["ClusterCertificate"],
@@ -207,10 +189,10 @@ def _bad_cases(uninitialized: ClusterThread, good: tuple[str, str, pki.Credentia
 def test_every_initialize_rejection_through_boto3(
     uninitialized: ClusterThread, good: tuple[str, str, pki.Credential]
 ) -> None:
-    client = _client(uninitialized)
+    client = boto3_client(uninitialized)
     cluster_id = uninitialized.cluster.cluster_id
     for signed, anchor, fragment in _bad_cases(uninitialized, good):
-        code, message = _error(
+        code, message = api_error(
             client.initialize_cluster, ClusterId=cluster_id, SignedCert=signed, TrustAnchor=anchor
         )
         assert code == "CloudHsmInvalidRequestException"
@@ -222,8 +204,8 @@ def test_initialize_unknown_and_malformed_cluster_ids(
     uninitialized: ClusterThread, good: tuple[str, str, pki.Credential]
 ) -> None:
     signed, anchor, _ = good
-    client = _client(uninitialized)
-    code, message = _error(
+    client = boto3_client(uninitialized)
+    code, message = api_error(
         client.initialize_cluster,
         ClusterId="cluster-aaaaaaaaaaa",
         SignedCert=signed,
@@ -231,7 +213,7 @@ def test_initialize_unknown_and_malformed_cluster_ids(
     )
     assert code == "CloudHsmResourceNotFoundException"
     assert "cluster-aaaaaaaaaaa" in message
-    code, message = _error(
+    code, message = api_error(
         client.initialize_cluster, ClusterId="cluster-1", SignedCert=signed, TrustAnchor=anchor
     )
     assert code == "CloudHsmInvalidRequestException"
@@ -281,14 +263,14 @@ def test_garbage_gets_an_answer_and_the_server_keeps_serving(uninitialized: Clus
             sock.sendall(garbage)
             answer = sock.recv(4096)
             assert answer.startswith(b"HTTP/1.1 4")
-    assert len(_client(uninitialized).describe_clusters()["Clusters"]) == 1
+    assert len(boto3_client(uninitialized).describe_clusters()["Clusters"]) == 1
 
 
 # -- membership, clusters and backups ------------------------------------------------------
 
 
 def test_create_and_delete_hsm_through_boto3(fresh: ClusterThread) -> None:
-    client = _client(fresh)
+    client = boto3_client(fresh)
     cluster_id = fresh.cluster.cluster_id
     zone = sorted(client.describe_clusters()["Clusters"][0]["SubnetMapping"])[1]
     created = client.create_hsm(ClusterId=cluster_id, AvailabilityZone=zone)["Hsm"]
@@ -297,12 +279,14 @@ def test_create_and_delete_hsm_through_boto3(fresh: ClusterThread) -> None:
     hsms = client.describe_clusters()["Clusters"][0]["Hsms"]
     assert [h["HsmId"] for h in hsms][-1] == created["HsmId"]
     assert hsms[-1]["State"] == "ACTIVE"
-    code, message = _error(client.create_hsm, ClusterId=cluster_id, AvailabilityZone="eu-west-1a")
+    code, message = api_error(
+        client.create_hsm, ClusterId=cluster_id, AvailabilityZone="eu-west-1a"
+    )
     assert code == "CloudHsmInvalidRequestException"
     assert "not in the cluster's subnet mapping" in message
-    code, message = _error(client.delete_hsm, ClusterId=cluster_id, EniIp="127.0.0.1")
+    code, message = api_error(client.delete_hsm, ClusterId=cluster_id, EniIp="127.0.0.1")
     assert "use HsmId or EniId" in message
-    code, _ = _error(client.delete_hsm, ClusterId=cluster_id, HsmId="hsm-aaaaaaaaaaa")
+    code, _ = api_error(client.delete_hsm, ClusterId=cluster_id, HsmId="hsm-aaaaaaaaaaa")
     assert code == "CloudHsmResourceNotFoundException"
     assert (
         client.delete_hsm(ClusterId=cluster_id, EniId=created["EniId"])["HsmId"]
@@ -312,7 +296,7 @@ def test_create_and_delete_hsm_through_boto3(fresh: ClusterThread) -> None:
 
 
 def test_clusters_and_backups_through_boto3(fresh: ClusterThread) -> None:
-    client = _client(fresh)
+    client = boto3_client(fresh)
     fresh.initialize_default()
     backup = fresh.run(fresh.cluster.take_backup())
     listed = client.describe_backups()["Backups"]
@@ -320,7 +304,7 @@ def test_clusters_and_backups_through_boto3(fresh: ClusterThread) -> None:
     assert listed[0]["BackupState"] == "READY"
     assert listed[0]["ClusterId"] == fresh.cluster.cluster_id
     assert client.describe_backups(Filters={"clusterIds": ["cluster-aaaaaaaaaaa"]})["Backups"] == []
-    code, message = _error(
+    code, message = api_error(
         client.create_cluster, HsmType="hsm1.medium", SubnetIds=["subnet-0123456789abcdef0"]
     )
     assert (code, message) == (
@@ -344,19 +328,19 @@ def test_clusters_and_backups_through_boto3(fresh: ClusterThread) -> None:
     assert restored["SourceBackupId"] == backup.backup_id
     assert "ClusterCertificate" in restored["Certificates"]
     assert len(client.describe_clusters()["Clusters"]) == 3
-    code, _ = _error(client.delete_cluster, ClusterId=new["Cluster"]["ClusterId"])
+    code, _ = api_error(client.delete_cluster, ClusterId=new["Cluster"]["ClusterId"])
     assert code == "CloudHsmInvalidRequestException"
     client.delete_hsm(ClusterId=new["Cluster"]["ClusterId"], HsmId=first["Hsm"]["HsmId"])
     deleted = client.delete_cluster(ClusterId=new["Cluster"]["ClusterId"])["Cluster"]
     assert deleted["State"] == "DELETE_IN_PROGRESS"
-    code, _ = _error(
+    code, _ = api_error(
         client.create_cluster,
         HsmType="hsm2m.medium",
         SubnetIds=["subnet-0123456789abcdef0"],
         SourceBackupId="backup-aaaaaaaaaaa",
     )
     assert code == "CloudHsmResourceNotFoundException"
-    code, message = _error(client.delete_cluster, ClusterId=fresh.cluster.cluster_id)
+    code, message = api_error(client.delete_cluster, ClusterId=fresh.cluster.cluster_id)
     assert code == "CloudHsmInvalidRequestException"
 
 
@@ -379,7 +363,7 @@ def test_fault_operations_over_the_wire(fresh: ClusterThread) -> None:
 def test_replacing_the_first_hsm_before_initialization_replaces_the_csr() -> None:
     """Spec §1.3: the cluster key and CSR follow the first HSM; an earlier signature is useless."""
     with ClusterThread(None, hsms=2) as running:
-        client = _client(running)
+        client = boto3_client(running)
         cluster_id = running.cluster.cluster_id
         before = client.describe_clusters()["Clusters"][0]
         ca = pki.generate_customer_ca()
@@ -388,7 +372,7 @@ def test_replacing_the_first_hsm_before_initialization_replaces_the_csr() -> Non
         after = client.describe_clusters()["Clusters"][0]
         assert after["Certificates"]["ClusterCsr"] != before["Certificates"]["ClusterCsr"]
         assert after["Certificates"]["HsmCertificate"] != before["Certificates"]["HsmCertificate"]
-        code, message = _error(
+        code, message = api_error(
             client.initialize_cluster,
             ClusterId=cluster_id,
             SignedCert=stale,
@@ -416,7 +400,7 @@ def test_replacing_the_first_hsm_before_initialization_replaces_the_csr() -> Non
         ),
     )
 )
-def test_http_reader_answers_any_bytes_with_a_request_or_an_http_error(data: bytes) -> None:
+def test_http_reader_answers_any_bytes_with_a_request_or_an_httpapi_error(data: bytes) -> None:
     """The control plane's HTTP reader never fails in any other way, whatever arrives."""
 
     async def read() -> HttpRequest | None:
@@ -439,13 +423,13 @@ def test_http_reader_answers_any_bytes_with_a_request_or_an_http_error(data: byt
 
 
 def test_backup_lifecycle_through_boto3(fresh: ClusterThread) -> None:
-    client = _client(fresh)
+    client = boto3_client(fresh)
     fresh.initialize_default()
     backup_id = fresh.run(fresh.cluster.take_backup()).backup_id
     deleted = client.delete_backup(BackupId=backup_id)["Backup"]
     assert deleted["BackupState"] == "PENDING_DELETION"
     assert "DeleteTimestamp" in deleted
-    code, message = _error(
+    code, message = api_error(
         client.create_cluster,
         HsmType="hsm2m.medium",
         SubnetIds=["subnet-0123456789abcdef0"],
@@ -453,10 +437,10 @@ def test_backup_lifecycle_through_boto3(fresh: ClusterThread) -> None:
     )
     assert code == "CloudHsmInvalidRequestException"
     assert "PENDING_DELETION, not READY" in message
-    code, _ = _error(client.delete_backup, BackupId=backup_id)
+    code, _ = api_error(client.delete_backup, BackupId=backup_id)
     assert code == "CloudHsmInvalidRequestException"
     assert client.restore_backup(BackupId=backup_id)["Backup"]["BackupState"] == "READY"
-    code, _ = _error(client.restore_backup, BackupId=backup_id)
+    code, _ = api_error(client.restore_backup, BackupId=backup_id)
     assert code == "CloudHsmInvalidRequestException"
     modified = client.modify_backup_attributes(BackupId=backup_id, NeverExpires=True)["Backup"]
     assert modified["NeverExpires"] is True
@@ -464,5 +448,5 @@ def test_backup_lifecycle_through_boto3(fresh: ClusterThread) -> None:
         client.describe_backups(Filters={"neverExpires": ["true"]})["Backups"][0]["BackupId"]
         == backup_id
     )
-    code, _ = _error(client.delete_backup, BackupId="backup-aaaaaaaaaaa")
+    code, _ = api_error(client.delete_backup, BackupId="backup-aaaaaaaaaaa")
     assert code == "CloudHsmResourceNotFoundException"

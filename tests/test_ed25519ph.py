@@ -13,10 +13,9 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from hsm_support import call, refused
+from hsm_support import activated_hsm, admin_session, call, crypto_user, refused
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_nonfips import _activated, _alice
 
 from protocol.status import Status
 from simulator.hsm import Hsm
@@ -125,8 +124,8 @@ def test_malformed_inputs_are_refused() -> None:
 
 def _hsm(mode: str = "NON_FIPS") -> tuple[Hsm, int]:
     """An activated hsm2m.medium HSM of a cluster in ``mode`` and a crypto user's session."""
-    hsm = _activated(mode)
-    return hsm, _alice(hsm)
+    hsm = activated_hsm(mode=mode)
+    return hsm, crypto_user(hsm, admin_session(hsm), "alice")
 
 
 def _import_rfc_key(hsm: Hsm, session: int) -> tuple[int, int]:

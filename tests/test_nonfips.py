@@ -19,22 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from controlplane_support import api_error, boto3_client
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from hsm_support import (
-    ADMIN_PASSWORD,
     MASKING_KEY,
-    TEST_SCRYPT_N,
+    activated_hsm,
     admin_session,
     call,
     crypto_user,
+    identity,
     login,
     refused,
 )
-from test_cloudhsm_local_cli import READY_TIMEOUT, _last_run, running_up
-from test_controlplane import _client, _error
+from up_support import READY_TIMEOUT, last_run, running_up
 
 from client import Session
 from fixtures.clients import CloudHsmCli, Credentials, admin_credentials
@@ -60,7 +60,7 @@ def fresh() -> Iterator[ClusterThread]:
 
 
 def test_create_cluster_in_non_fips_mode_through_boto3(fresh: ClusterThread) -> None:
-    client = _client(fresh)
+    client = boto3_client(fresh)
     created = client.create_cluster(HsmType="hsm2m.medium", SubnetIds=SUBNETS, Mode="NON_FIPS")
     cluster_id = created["Cluster"]["ClusterId"]
     assert created["Cluster"]["Mode"] == "NON_FIPS"
@@ -78,8 +78,8 @@ def test_create_cluster_in_non_fips_mode_through_boto3(fresh: ClusterThread) -> 
 
 @pytest.mark.parametrize("mode", ["FIPS-140", "non_fips", ""])
 def test_an_unknown_mode_is_refused_and_creates_nothing(fresh: ClusterThread, mode: str) -> None:
-    client = _client(fresh)
-    code, message = _error(
+    client = boto3_client(fresh)
+    code, message = api_error(
         client.create_cluster, HsmType="hsm2m.medium", SubnetIds=SUBNETS, Mode=mode
     )
     assert code == "CloudHsmInvalidRequestException"
@@ -105,14 +105,14 @@ def test_non_fips_needs_hsm2m_medium() -> None:
 
 def test_backups_carry_the_mode_and_restore_only_into_the_same_mode() -> None:
     with ClusterThread(None, hsms=1, mode="NON_FIPS") as running:
-        client = _client(running)
+        client = boto3_client(running)
         running.initialize_default()
         backup = running.run(running.cluster.take_backup())
         listed = client.describe_backups()["Backups"]
         assert [(b["BackupId"], b["Mode"]) for b in listed] == [(backup.backup_id, "NON_FIPS")]
         for mode in ("FIPS", None):
             extra = {"Mode": mode} if mode else {}
-            code, message = _error(
+            code, message = api_error(
                 client.create_cluster,
                 HsmType="hsm2m.medium",
                 SubnetIds=SUBNETS,
@@ -133,11 +133,11 @@ def test_backups_carry_the_mode_and_restore_only_into_the_same_mode() -> None:
 
 
 def test_a_fips_backup_does_not_restore_into_a_non_fips_cluster(fresh: ClusterThread) -> None:
-    client = _client(fresh)
+    client = boto3_client(fresh)
     fresh.initialize_default()
     backup = fresh.run(fresh.cluster.take_backup())
     assert client.describe_backups()["Backups"][0]["Mode"] == "FIPS"
-    code, message = _error(
+    code, message = api_error(
         client.create_cluster,
         HsmType="hsm2m.medium",
         SubnetIds=SUBNETS,
@@ -188,7 +188,7 @@ def test_up_in_non_fips_mode_keeps_it_across_restarts(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with running_up(tmp_path, "--mode", "non-fips", hsms=1) as first:
         assert first["mode"] == "NON_FIPS"
-    assert "(hsm2m.medium, NON_FIPS mode)" in _last_run(tmp_path)["stdout"]
+    assert "(hsm2m.medium, NON_FIPS mode)" in last_run(tmp_path)["stdout"]
     with running_up(tmp_path, hsms=1) as second:
         assert (second["cluster_id"], second["mode"]) == (first["cluster_id"], "NON_FIPS")
     refused = subprocess.run(
@@ -219,19 +219,8 @@ ED25519_POLICY = (
 )
 
 
-def _identity(
-    mode: str = "NON_FIPS", hsm_type: str = "hsm2m.medium", hsm_id: str = "hsm-abcdefghijk"
-) -> HsmIdentity:
-    return HsmIdentity(hsm_id, "cluster-abcdefghijk", "5.3G1941-ICM000590", hsm_type, mode)
-
-
 def _activated(mode: str = "NON_FIPS", hsm_type: str = "hsm2m.medium") -> Hsm:
-    hsm = Hsm.open(_identity(mode, hsm_type), None, MASKING_KEY, scrypt_n=TEST_SCRYPT_N)
-    hsm.initialize()
-    s = hsm.open_session(peer="127.0.0.1", client_cert_der=None)
-    call(hsm, s, "cluster.activate", password=ADMIN_PASSWORD)
-    hsm.close_session(s)
-    return hsm
+    return activated_hsm(hsm_type=hsm_type, mode=mode)
 
 
 def _alice(hsm: Hsm) -> int:
@@ -337,7 +326,10 @@ def test_ed25519_keys_clone_between_non_fips_hsms_as_masked_objects() -> None:
     first = _activated()
     alice = _alice(first)
     second = Hsm.from_snapshot(
-        _identity(hsm_id="hsm-bbbbbbbbbbb"), None, MASKING_KEY, first.export_snapshot()
+        identity(hsm_id="hsm-bbbbbbbbbbb", mode="NON_FIPS"),
+        None,
+        MASKING_KEY,
+        first.export_snapshot(),
     )
     public, private = _ed25519_pair(first, alice)
     appliance = second.open_appliance_session()
