@@ -88,14 +88,7 @@ class CliContext:
         if view.credentials is None and not self.interactive:
             credentials = self.env_credentials()
             if credentials is not None:
-                username, role, password = credentials
-                try:
-                    await view.login(username, role, password)
-                except HsmStatusError as exc:
-                    refusal = login_refusal(exc)
-                    if refusal is not None:
-                        raise refusal from None
-                    raise
+                await log_in(view, credentials)
         return view
 
     def env_credentials(self) -> tuple[str, str, str] | None:
@@ -176,3 +169,16 @@ def write_output_file(path: str, data: bytes, *, mode: int = 0o600) -> None:
             handle.write(data)
     except OSError as exc:
         raise CliError(f"Cannot write {path}: {exc.strerror}") from None
+
+
+async def log_in(view: ClusterView, credentials: tuple[str, str, str]) -> None:
+    """Log ``view`` in as (username, role, password) from the environment; a refused
+    login raises the CLI's refusal (the AWS texts), anything else as it came."""
+    username, role, password = credentials
+    try:
+        await view.login(username, role, password)
+    except HsmStatusError as exc:
+        refusal = login_refusal(exc)
+        if refusal is not None:
+            raise refusal from None
+        raise

@@ -32,12 +32,12 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from client.cli.context import ROLES, CliContext
+from client.cli.context import ROLES, CliContext, log_in
 from client.cli.filters import parse_filter
 from client.cli.keys import _merge_listing
 from client.cli.output import CliError
 from client.cli.parser import CommandGroup
-from client.cli.results import USER_MISSING, login_refusal, require_any
+from client.cli.results import USER_MISSING, require_any
 from client.cli.users import merge_user_lists
 from client.cluster import ClusterView, MemberOutcome
 from client.errors import HsmStatusError, status_error
@@ -94,14 +94,7 @@ async def _destination_view(ctx: CliContext, cluster_id: str) -> ClusterView:
                 f"Log in to the destination cluster {cluster_id}: set {DESTINATION_ROLE_ENV} "
                 f"and {DESTINATION_PIN_ENV}"
             )
-        username, role, password = credentials
-        try:
-            await view.login(username, role, password)
-        except HsmStatusError as exc:
-            refusal = login_refusal(exc)
-            if refusal is not None:
-                raise refusal from None
-            raise
+        await log_in(view, credentials)
     return view
 
 
