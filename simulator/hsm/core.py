@@ -1679,17 +1679,8 @@ class Hsm:
                 self._keys.check_quota(symmetric=1)
         elif not existing.token:
             raise HsmError(Status.INVALID_HANDLE, "The handle belongs to a session key here")
-        with self._store.transaction():
-            stored = self._keys.persist_new(record, material)
-            if session.role != APPLIANCE:  # server-side sync is not logged (spec §10.2)
-                self._audit(
-                    "CN_INSERT_MASKED_OBJECT_USER",
-                    session.handle,
-                    Status.SUCCESS,
-                    key_handle=record.handle,
-                )
-        self._keys.commit_new(stored, material)
-        return {"key": stored.key_object()}
+        # Server-side sync is not logged (spec §10.2).
+        return self._insert_key(session, record, material, audited=session.role != APPLIANCE)
 
     def _key_digests(self, session: Session, args: Mapping[str, Any]) -> Any:
         return {"keys": {r.handle: self._keys.digest(r) for r in self._keys.token_records()}}
@@ -1744,14 +1735,22 @@ class Hsm:
                 f"A different key with reference 0x{record.handle:016x} exists on this HSM",
             )
         self._keys.check_quota(**({"asymmetric": 1} if record.asymmetric else {"symmetric": 1}))
+        return self._insert_key(session, record, material, audited=True)
+
+    def _insert_key(
+        self, session: Session, record: KeyRecord, material: KeyMaterial, *, audited: bool
+    ) -> Any:
+        """Store a key that came in sealed (a masked object or a replica), durably and,
+        when ``audited``, with its CN_INSERT_MASKED_OBJECT_USER record."""
         with self._store.transaction():
             stored = self._keys.persist_new(record, material)
-            self._audit(
-                "CN_INSERT_MASKED_OBJECT_USER",
-                session.handle,
-                Status.SUCCESS,
-                key_handle=record.handle,
-            )
+            if audited:
+                self._audit(
+                    "CN_INSERT_MASKED_OBJECT_USER",
+                    session.handle,
+                    Status.SUCCESS,
+                    key_handle=record.handle,
+                )
         self._keys.commit_new(stored, material)
         return {"key": stored.key_object()}
 
