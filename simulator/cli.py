@@ -5,12 +5,14 @@ Commands::
     cloudhsm-local up [--hsms 3] [--hsm-type hsm2m.medium] [--mode fips|non-fips]
                       [--data-dir DIR] [--no-initialize]
                       [--customer-ca-cert F --customer-ca-key F] [--ready-file PATH] [--host H]
+                      [--fault-seed N] [--fault-script SCRIPT]
     cloudhsm-local cluster describe [--data-dir DIR | --endpoint URL] [--cluster-id ID]
     cloudhsm-local cluster csr [--data-dir DIR | --endpoint URL] [--cluster-id ID] [--out F]
     cloudhsm-local cluster certificate {HsmCertificate,AwsHardwareCertificate,...} [--out F]
     cloudhsm-local cluster initialize --signed-cert F --trust-anchor F [--data-dir DIR | --endpoint URL]
     cloudhsm-local hsm add [--availability-zone AZ] | hsm remove HSM_ID
-    cloudhsm-local fault show|stop|start|sever|busy|latency|pause-sync|resume-sync|clear ...
+    cloudhsm-local fault show|stop|start|sever|busy|latency|drop-answers|pause-sync|resume-sync|clear ...
+    cloudhsm-local fault run SCRIPT [--data-dir DIR | --endpoint URL]
     cloudhsm-local audit HSM_ID [--data-dir DIR | --endpoint URL] [--format text|json]
                         [--after N] [--follow]
 
@@ -55,6 +57,7 @@ from simulator.cluster import (
     LocalCluster,
 )
 from simulator.errors import SimulatorError
+from simulator.faults import FaultScript, FaultStep, control_plane_request
 from simulator.hsm.audit import render_json_lines, render_text
 from simulator.hsm.identity import FIPS, NON_FIPS
 from simulator.sync import DEFAULT_LAG
@@ -223,6 +226,7 @@ async def _up(args: argparse.Namespace) -> int:
         if args.customer_ca_cert or args.customer_ca_key
         else None
     )
+    script: FaultScript | None = args.script
     reopened = (data_dir / CLUSTER_FILE).exists()
     mode = MODE_OPTIONS[args.mode or "fips"]
     cluster = await LocalCluster.create(
@@ -248,6 +252,7 @@ async def _up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     await cluster.start()
+    replay: asyncio.Task[None] | None = None
     try:
         if not args.no_initialize and cluster.state == "UNINITIALIZED":
             if supplied is None:
@@ -271,15 +276,46 @@ async def _up(args: argparse.Namespace) -> int:
         )
         await cluster.refresh_state()
         await _wait_accepting(cluster)
+        if script is not None:
+            # The HSMs must be named in this cluster before the summary says it runs.
+            script.resolve(cluster.faults.hsm_ids())
         print(_summary(cluster, data_dir, config_path), flush=True)
+        if script is not None:
+            print(f"cloudhsm-local: replaying fault script {args.fault_script}", flush=True)
+            replay = asyncio.create_task(_replay(script, cluster))
         if args.ready_file:
-            document = json.dumps(_ready_document(cluster, data_dir, config_path), indent=2)
-            pki.write_public(args.ready_file_path, (document + "\n").encode())
+            document = _ready_document(cluster, data_dir, config_path)
+            if script is not None:
+                document["fault_script"] = {
+                    "path": str(args.fault_script_path),
+                    "steps": len(script.steps),
+                }
+            text = json.dumps(document, indent=2)
+            pki.write_public(args.ready_file_path, (text + "\n").encode())
         await stop.wait()
         print("cloudhsm-local: shutting down", flush=True)
     finally:
+        if replay is not None:
+            replay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replay
         await cluster.stop()
     return 0
+
+
+async def _replay(script: FaultScript, cluster: LocalCluster) -> None:
+    """Run ``up --fault-script``: one printed line a step; a failed step ends the script
+    (the cluster keeps serving)."""
+
+    def applied(step: FaultStep, _result: Any) -> None:
+        print(f"cloudhsm-local: fault script: {step.describe()}", flush=True)
+
+    try:
+        await script.run(cluster.faults, on_step=applied)
+    except SimulatorError as exc:
+        print(f"cloudhsm-local: fault script stopped: {exc}", file=sys.stderr, flush=True)
+    else:
+        print("cloudhsm-local: fault script done", flush=True)
 
 
 # -- the control-plane client commands ------------------------------------------------
@@ -428,35 +464,54 @@ def _hsm_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The ``fault`` options that are a control's arguments (``hsm_id`` is a script's ``hsm``).
+_FAULT_OPTIONS = ("hsm_id", "seconds", "probability", "ms", "jitter_ms", "count")
+
+
 def _fault(args: argparse.Namespace) -> int:
+    if args.kind == "run":
+        return _fault_run(args)
     endpoint = _endpoint(args)
-    body: dict[str, Any] = {}
+    options = {
+        "hsm" if name == "hsm_id" else name: getattr(args, name)
+        for name in _FAULT_OPTIONS
+        if getattr(args, name, None) is not None
+    }
+    operation, body = control_plane_request(args.kind, options)
     if args.cluster_id:
         body["ClusterId"] = args.cluster_id
-    kind: str = args.kind
-    if kind in ("stop", "start", "sever", "busy"):
-        body["HsmId"] = args.hsm_id
-    if kind == "busy":
-        body["Seconds"] = args.seconds
-        body["Probability"] = args.probability
-    if kind == "latency":
-        if args.hsm_id:
-            body["HsmId"] = args.hsm_id
-        body["Seconds"] = args.ms / 1000.0
-        body["Jitter"] = args.jitter_ms / 1000.0
-    operation = {
-        "show": "DescribeFaults",
-        "stop": "StopHsm",
-        "start": "StartHsm",
-        "sever": "SeverHsm",
-        "busy": "SetBusy",
-        "latency": "SetLatency",
-        "pause-sync": "PauseSync",
-        "resume-sync": "ResumeSync",
-        "clear": "ClearFaults",
-    }[kind]
     answer = call_api(endpoint, f"CloudHsmLocal.{operation}", body, target_prefix="")
     print(json.dumps(answer, indent=4))
+    return 0
+
+
+def _fault_run(args: argparse.Namespace) -> int:
+    """Replay a fault script against a running cluster, one control-plane call a step."""
+    script = FaultScript.load(args.script)
+    endpoint = _endpoint(args)
+    cluster_id = _resolve_cluster_id(args, endpoint)
+    found = call_api(endpoint, "DescribeClusters", {"Filters": {"clusterIds": [cluster_id]}})
+    clusters = found.get("Clusters", [])
+    if not clusters:
+        raise CommandError(f"no cluster {cluster_id} at {endpoint}")
+    # Positions count in the cluster's HSM list, the order DescribeClusters gives.
+    steps = script.resolve([hsm["HsmId"] for hsm in clusters[0].get("Hsms", [])])
+    base = {"ClusterId": cluster_id}
+    if script.seed is not None:
+        call_api(
+            endpoint, "CloudHsmLocal.SetFaultSeed", {**base, "Seed": script.seed}, target_prefix=""
+        )
+    start = time.monotonic()
+    for step in steps:
+        delay = start + step.at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        operation, body = control_plane_request(step.fault, step.args)
+        try:
+            call_api(endpoint, f"CloudHsmLocal.{operation}", {**base, **body}, target_prefix="")
+        except CommandError as exc:
+            raise CommandError(f"steps[{step.index}] ({step.fault}) failed: {exc}") from None
+        print(step.describe(), flush=True)
     return 0
 
 
@@ -606,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault-seed", type=int, default=0, help="seed of the fault injection randomness"
     )
     up.add_argument(
+        "--fault-script",
+        metavar="SCRIPT",
+        help="replay this fault script (JSON; docs/faults.md) once the cluster is ready",
+    )
+    up.add_argument(
         "--allow",
         action="append",
         type=_network,
@@ -672,6 +732,16 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--jitter-ms", type=float, default=0.0)
     latency.add_argument("--hsm-id", help="one HSM (default: all)")
     _add_target(latency)
+    drop = kinds.add_parser(
+        "drop-answers",
+        help="run the next N requests on an HSM but reset the connection instead of answering",
+    )
+    drop.add_argument("hsm_id")
+    drop.add_argument("--count", type=int, required=True)
+    _add_target(drop)
+    run = kinds.add_parser("run", help="replay a fault script (JSON; docs/faults.md)")
+    run.add_argument("script", help="the script file")
+    _add_target(run)
 
     audit = commands.add_parser(
         "audit",
@@ -707,6 +777,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.hsms = 3
             args.data_dir_path = Path(args.data_dir).absolute()
             args.ready_file_path = Path(args.ready_file).absolute() if args.ready_file else None
+            args.fault_script_path = (
+                Path(args.fault_script).absolute() if args.fault_script else None
+            )
+            # A bad fault script is refused before the data directory is touched.
+            args.script = FaultScript.load(args.fault_script) if args.fault_script else None
             with _exclusive(args.data_dir_path):
                 return asyncio.run(_up(args))
         if args.command == "fault":

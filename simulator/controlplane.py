@@ -245,6 +245,8 @@ class ControlPlane:
             "PauseSync": self.fault_pause_sync,
             "ResumeSync": self.fault_resume_sync,
             "ClearFaults": self.fault_clear,
+            "DropAnswers": self.fault_drop_answers,
+            "SetFaultSeed": self.fault_seed,
             "GetAuditLog": self.get_audit_log,
         }
 
@@ -487,6 +489,28 @@ class ControlPlane:
         jitter = self._number(body, "Jitter", 0.0)
         await self._sync_guard(lambda: cluster.faults.latency(seconds, hsm_id, jitter))
         return cluster.faults.describe()
+
+    async def fault_drop_answers(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster = self._fault_cluster(body)
+        hsm_id = self._hsm_id(body)
+        count = self._whole(body, "Count")
+        await self._sync_guard(lambda: cluster.faults.drop_answers(hsm_id, count))
+        return cluster.faults.describe()
+
+    async def fault_seed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Restart the fault randomness from ``Seed`` (a fault script's ``seed``)."""
+        cluster = self._fault_cluster(body)
+        seed = self._whole(body, "Seed")
+        await self._sync_guard(lambda: cluster.faults.reseed(seed))
+        return cluster.faults.describe()
+
+    def _whole(self, body: dict[str, Any], name: str) -> int:
+        value = body.get(name)
+        if value is None:
+            raise invalid_request(f"{name} is required.")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise invalid_request(f"{name} must be a whole number.")
+        return value
 
     async def fault_pause_sync(self, body: dict[str, Any]) -> dict[str, Any]:
         cluster = self._fault_cluster(body)

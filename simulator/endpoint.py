@@ -288,10 +288,16 @@ class HsmEndpoint:
             calls.extend([(session, request.op, request.args) for request in requests])
             served.append((channel, requests))
         results = iter(self._handle_batch(calls))
+        # The drop-answers fault (simulator/faults.py): the HSM ran these requests, but
+        # their connections are reset instead of answered.
+        dropped = iter(_dropped_answers(self._hsm, len(calls)))
         for channel, requests in served:
-            answers.setdefault(channel, []).extend(
-                [_encode_response(request, *next(results)) for request in requests]
-            )
+            wires = [_encode_response(request, *next(results)) for request in requests]
+            if any([next(dropped) for _ in requests]):
+                answers.pop(channel, None)
+                channel._loop.call_soon_threadsafe(channel.reset)
+                continue
+            answers.setdefault(channel, []).extend(wires)
         # Only now, with the batch durable, may any answer leave; each channel's answers
         # keep the order its requests came in and go out in one record.
         for channel, wires in answers.items():
@@ -507,6 +513,20 @@ class EndpointChannel:
         self._submit(self._close_session)
         self._sink.close_channel(reason)
 
+    def reset(self) -> None:
+        """Reset the connection without a word (the drop-answers fault): the client sees
+        its connection fail as when the HSM or its host is replaced mid-request."""
+        if self._closed:
+            return
+        self._closed = True
+        self._endpoint._forget(self)
+        self._submit(self._close_session)
+        abort: Callable[[], None] | None = getattr(self._sink, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            self._sink.close_channel(None)
+
     def abort(self, reason: str) -> None:
         """Drop the channel without answering what is in flight (policy change, fault)."""
         if self._closed:
@@ -517,6 +537,13 @@ class EndpointChannel:
         self._sink.close_channel(
             f"the HSM dropped the channel: {reason}", code=HostErrorCode.HSM_UNAVAILABLE
         )
+
+
+def _dropped_answers(hsm: HsmCore, count: int) -> list[bool]:
+    """Which of the last batch's ``count`` answers a faulty HSM loses (none for a bare one)."""
+    take: Callable[[], list[bool]] | None = getattr(hsm, "take_dropped_answers", None)
+    dropped = take() if take is not None else []
+    return dropped if len(dropped) == count else [False] * count
 
 
 def _encode_response(request: Request, status: Status, result: Any) -> bytes:
