@@ -484,3 +484,36 @@ def test_key_on_some_source_hsms_is_not_replicated(
     assert envelope["data"] == "The selected key is not synchronized throughout the cluster"
     clone = scene.sessions(scene.user, cluster=restored)
     assert not visible(clone, lonely)
+
+
+def test_lost_answer_after_the_hsm_committed_makes_a_blind_retry_duplicate_the_key(
+    scene: Scene,
+) -> None:
+    """An HSM that runs a key creation but whose answer never arrives (its connection is
+    reset right after the commit, as when the HSM or its host is replaced mid-request):
+    the client reports a lost connection and does not send the creation again, yet the
+    key exists. An application that retries blindly ends up with two keys."""
+    a, _, _ = scene.hsms
+    hsm = scene.session([a], key_availability_check=False)
+    scene.faults.drop_answers(a, 1)
+    with pytest.raises(ClientError):
+        hsm.generate_aes_key("orphan", length=16)
+    assert scene.faults.describe()["hsms"] == {}, "the creation did not reach the HSM"
+
+    listed = scene.cli(user=scene.user).ok("key", "list", "--filter", "attr.label=orphan")[
+        "matched_keys"
+    ]
+    assert len(listed) == 1
+
+    def retried() -> Key | None:
+        """the retried creation to be answered (the client reconnects in the background)"""
+        try:
+            return hsm.generate_aes_key("orphan", length=16)
+        except ClientError:
+            return None
+
+    eventually(retried)
+    listed = scene.cli(user=scene.user).ok("key", "list", "--filter", "attr.label=orphan")[
+        "matched_keys"
+    ]
+    assert len(listed) == 2
