@@ -522,10 +522,12 @@ class EndpointChannel:
         self._endpoint._forget(self)
         self._submit(self._close_session)
         abort: Callable[[], None] | None = getattr(self._sink, "abort", None)
-        if abort is not None:
-            abort()
-        else:
+        if abort is None:
             self._sink.close_channel(None)
+            return
+        # After the host's pending write (scheduled the same way): answers of earlier
+        # batches still leave; only this batch's are lost.
+        self._loop.call_soon(abort)
 
     def abort(self, reason: str) -> None:
         """Drop the channel without answering what is in flight (policy change, fault)."""

@@ -9,6 +9,7 @@ Every running :class:`~simulator.cluster.LocalCluster` has a
     cluster.faults.busy(hsm_id, seconds=5.0)     # answer 0xBB (BUSY) to every request for 5 s
     cluster.faults.busy(hsm_id, 5.0, probability=0.3)   # ... to 30 % of them (seeded)
     cluster.faults.latency(0.05, hsm_id=None, jitter=0.01)  # add 50 ms (+0..10 ms) per request
+    cluster.faults.drop_answers(hsm_id, count=1) # run the next request, reset instead of answer
     cluster.faults.pause_sync(); cluster.faults.resume_sync()   # server-side key sync
     await cluster.faults.clear()                 # undo everything
     cluster.faults.describe()                    # what is active, as JSON-able data
@@ -19,6 +20,15 @@ replays with the same seed. Busy and latency act inside the HSM's worker (a
 slow or throttled HSM delays everything queued behind it, as a real one does);
 they wrap the HSM through :class:`FaultyHsm`, which the endpoint drives in place
 of the bare :class:`~simulator.hsm.Hsm`.
+
+Lost answers are the endpoint's to enact: :class:`FaultyHsm` marks which requests
+of a batch lose theirs (:meth:`FaultyHsm.take_dropped_answers`) and the endpoint
+resets those connections after the batch is durable instead of answering.
+
+A :class:`FaultScript` is a replayable timeline of these controls (a JSON document,
+validated whole before any step runs); ``await script.run(cluster.faults)`` replays
+it, ``cloudhsm-local fault run SCRIPT`` and ``up --fault-script`` do the same from a
+shell.
 
 From a shell, ``cloudhsm-local fault ...`` drives the same controls of a
 running ``cloudhsm-local up`` through the control plane (docs/faults.md).
