@@ -789,18 +789,31 @@ class ClusterView:
     async def _find(self, args: dict[str, Any]) -> Any:
         """``key.find`` on the least-loaded HSM; when it finds nothing, on the others as
         well (the union of what they find, by reference), so a key made through one HSM
-        and not yet synced is found."""
+        and not yet synced is found. If an HSM asked could not answer (its channel broke)
+        and nobody found anything, that failure is raised: the key may be on that HSM,
+        so "nothing found" is not known."""
         first = self._home_for(Op.KEY_FIND, args)
-        result = await self._send(Op.KEY_FIND, args, first)
+        failures: list[ClientError] = []
+        result: Any = {"keys": []}
+        try:
+            result = await self._call_member(first, Op.KEY_FIND, args)
+        except _CHANNEL_FAILURES as exc:
+            failures.append(exc if isinstance(exc, ClientError) else ConnectionLost(str(exc)))
         others = [m for m in self._candidates() if m is not first]
-        if not isinstance(result, dict) or result.get("keys") or not others:
+        if not isinstance(result, dict) or result.get("keys"):
             return result
         found: dict[int, Any] = {}
-        for outcome in await self.fan_out(Op.KEY_FIND, args, members=others):
-            if outcome.ok and isinstance(outcome.result, dict):
+        for outcome in await self.fan_out(Op.KEY_FIND, args, members=others) if others else []:
+            if isinstance(outcome.error, _CHANNEL_FAILURES):
+                failures.append(outcome.error)
+            elif outcome.ok and isinstance(outcome.result, dict):
                 for key in outcome.result.get("keys") or ():
                     if isinstance(key, dict) and isinstance(key.get("key-reference"), int):
                         found.setdefault(key["key-reference"], key)
+        if not found and failures:
+            # (An HSM that answered with a refusal, such as a user not logged in there,
+            # is left out, as it always was.)
+            raise failures[0]
         return {**result, "keys": [found[reference] for reference in sorted(found)]}
 
     def _home_for(self, op: str, args: dict[str, Any]) -> HsmMember:

@@ -148,3 +148,37 @@ def test_a_lost_creation_is_not_retried_yet_the_key_exists(
         if faults.describe()["hsms"] == {}:
             break
     assert faults.describe()["hsms"] == {}, "no read reached the dropping HSM"
+
+
+def test_a_search_that_could_not_ask_every_hsm_never_says_nothing(
+    cluster_factory: ClusterFactory,
+    cluster_faults: FaultsFactory,
+    user_names: UserNames,
+    hsm_session: SessionFactory,
+) -> None:
+    """A key on one HSM only (sync paused): when that HSM's answer to a search is lost,
+    the search fails or finds the key on a retry, but never reports that no key exists."""
+    cluster = cluster_factory(hsms=2)
+    faults = cluster_faults(cluster)
+    faults.pause_sync()
+    user = create_user(cluster, user_names, "crypto-user", "finder_")
+    holder, _ = faults.hsm_ids()
+    pinned = faults.view_of([holder], key_availability_check=False)
+    label = user_names.username("lonely-key-")
+    hsm_session(user, cluster=pinned).generate_aes_key(label, length=16)
+    hsm = hsm_session(user, cluster=faults.view_of(key_availability_check=False))
+    outcomes: set[str] = set()
+    for _ in range(30):
+        faults.drop_answers(holder, 1)
+        try:
+            keys = hsm.find_keys(label=label)
+        except (ConnectionLost, RequestTimeout):
+            outcomes.add("failed")
+        else:
+            assert [key.label for key in keys] == [label], "a search said no key exists"
+            outcomes.add("found")
+        faults.clear()
+        _eventually(lambda: _all_connected(faults, hsm), "the client to reconnect")
+        if outcomes == {"failed", "found"}:
+            break
+    assert outcomes, "no search ran"
