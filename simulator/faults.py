@@ -144,8 +144,13 @@ class FaultyHsm:
         passed = [
             request for request, refusal in zip(requests, refusals, strict=True) if refusal is None
         ]
-        # Only a request the HSM runs can lose its answer: a busy one never ran.
-        self._dropped = [refusal is None and self.faults.take_drop() for refusal in refusals]
+        # Only a request the HSM runs can lose its answer: a busy one never ran. (No list
+        # at all without the fault: the endpoint reads an empty one as "none lost".)
+        self._dropped = (
+            [refusal is None and self.faults.take_drop() for refusal in refusals]
+            if self.faults.drop_answers > 0
+            else []
+        )
         answers = iter(self.hsm.handle_batch(passed))
         return [refusal or next(answers) for refusal in refusals]
 
