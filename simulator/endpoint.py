@@ -30,9 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -55,6 +53,7 @@ from protocol.ops import Op
 from protocol.status import Status
 from protocol.tls import TlsPump
 from simulator.errors import SimulatorError
+from simulator.pki import load_chain
 
 _log = logging.getLogger(__name__)
 
@@ -147,13 +146,7 @@ def _server_context(chain_pem: bytes, key_pem: bytes, policy: _PolicyKey) -> ssl
     # The client waits for a session ticket (or an alert) as the HSM's verdict
     # on its Finished and certificate; one ticket is all that confirmation needs.
     context.num_tickets = 1
-    # load_cert_chain takes only paths: use a private file that lives for the call.
-    with tempfile.TemporaryDirectory(prefix="hsm-cert-") as directory:
-        path = os.path.join(directory, "chain.pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem + b"\n" + chain_pem)
-        context.load_cert_chain(path)
+    load_chain(context, chain_pem, key_pem)
     if policy.anchors:
         context.load_verify_locations(cadata=policy.anchors.decode("ascii"))
         context.verify_mode = ssl.CERT_REQUIRED if policy.enforced else ssl.CERT_OPTIONAL

@@ -22,9 +22,7 @@ import contextlib
 import enum
 import ipaddress
 import logging
-import os
 import ssl
-import tempfile
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 
@@ -39,6 +37,7 @@ from protocol.errors import ProtocolError, VersionMismatch
 from protocol.framing import Frame, FrameDecoder, FrameType, HostErrorCode, encode_tls
 from protocol.tls import TlsPump
 from simulator.endpoint import EndpointChannel, EndpointError, HsmEndpoint, PolicyRead
+from simulator.pki import load_chain
 
 __all__ = ["CONNECTION_LIMIT", "HelloInfo", "ServerHost"]
 
@@ -62,12 +61,7 @@ def _host_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None) 
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # Clients never resume outer sessions: tickets would only cost CPU and a send.
     context.num_tickets = 0
-    with tempfile.TemporaryDirectory(prefix="host-cert-") as directory:
-        path = os.path.join(directory, "host.pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem + b"\n" + cert_pem)
-        context.load_cert_chain(path)
+    load_chain(context, cert_pem, key_pem)
     if client_ca_pem is not None:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cadata=client_ca_pem.decode("ascii"))

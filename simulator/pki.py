@@ -29,6 +29,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
+import ssl
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -602,3 +603,17 @@ def write_private(path: Path, data: bytes) -> None:
 def write_public(path: Path, data: bytes) -> None:
     """Write a public artefact (certificate, configuration) atomically."""
     _write_atomic(path, data, 0o644)
+
+
+def load_chain(context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """Load an in-memory certificate chain and its key into ``context``.
+
+    ``load_cert_chain`` takes only paths: the key goes into a private (0600) file that
+    lives for the call alone.
+    """
+    with tempfile.TemporaryDirectory(prefix="cloudhsm-local-chain-") as directory:
+        path = os.path.join(directory, "chain.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem + b"\n" + chain_pem)
+        context.load_cert_chain(path)
