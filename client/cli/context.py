@@ -92,21 +92,7 @@ class CliContext:
         return view
 
     def env_credentials(self) -> tuple[str, str, str] | None:
-        role = self.env.get(ROLE_ENV)
-        pin = self.env.get(PIN_ENV)
-        if not role and not pin:
-            return None
-        if not role or not pin:
-            missing = ROLE_ENV if not role else PIN_ENV
-            raise CliError(
-                f"{missing} must be set together with {ROLE_ENV if missing == PIN_ENV else PIN_ENV}"
-            )
-        if role not in ROLES:
-            raise CliError(f"{ROLE_ENV} must be one of {', '.join(ROLES)}, not {role!r}")
-        username, sep, password = pin.partition(":")
-        if not sep or not username or not password:
-            raise CliError(f"{PIN_ENV} must have the form <username>:<password>")
-        return username, role, password
+        return credentials_from_env(self.env, ROLE_ENV, PIN_ENV)
 
     def read_secret(self, prompt: str) -> str:
         """A password from the terminal (no echo), or the next line of piped input."""
@@ -182,3 +168,24 @@ async def log_in(view: ClusterView, credentials: tuple[str, str, str]) -> None:
         if refusal is not None:
             raise refusal from None
         raise
+
+
+def credentials_from_env(
+    env: Mapping[str, str], role_env: str, pin_env: str
+) -> tuple[str, str, str] | None:
+    """(username, role, password) from a role variable and a ``<username>:<password>``
+    PIN variable (``CLOUDHSM_ROLE``/``CLOUDHSM_PIN``, or the replicate destination's);
+    None when neither is set, a precise error when one is missing or malformed."""
+    role = env.get(role_env)
+    pin = env.get(pin_env)
+    if not role and not pin:
+        return None
+    if not role or not pin:
+        given, missing = (role_env, pin_env) if role else (pin_env, role_env)
+        raise CliError(f"{missing} must be set together with {given}")
+    if role not in ROLES:
+        raise CliError(f"{role_env} must be one of {', '.join(ROLES)}, not {role!r}")
+    username, sep, password = pin.partition(":")
+    if not sep or not username or not password:
+        raise CliError(f"{pin_env} must have the form <username>:<password>")
+    return username, role, password

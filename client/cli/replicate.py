@@ -32,7 +32,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from client.cli.context import ROLES, CliContext, log_in
+from client.cli.context import ROLES, CliContext, credentials_from_env, log_in
 from client.cli.filters import parse_filter
 from client.cli.keys import _merge_listing
 from client.cli.output import CliError
@@ -66,23 +66,7 @@ _PRECISE_REFUSALS = frozenset(
 
 def destination_credentials(env: Mapping[str, str]) -> tuple[str, str, str] | None:
     """``DESTINATION_CLOUDHSM_ROLE``/``_PIN`` as (username, role, password), if set."""
-    role = env.get(DESTINATION_ROLE_ENV)
-    pin = env.get(DESTINATION_PIN_ENV)
-    if not role and not pin:
-        return None
-    if not role or not pin:
-        given, missing = (
-            (DESTINATION_ROLE_ENV, DESTINATION_PIN_ENV)
-            if role
-            else (DESTINATION_PIN_ENV, DESTINATION_ROLE_ENV)
-        )
-        raise CliError(f"{missing} must be set together with {given}")
-    if role not in ROLES:
-        raise CliError(f"{DESTINATION_ROLE_ENV} must be one of {', '.join(ROLES)}, not {role!r}")
-    username, sep, password = pin.partition(":")
-    if not sep or not username or not password:
-        raise CliError(f"{DESTINATION_PIN_ENV} must have the form <username>:<password>")
-    return username, role, password
+    return credentials_from_env(env, DESTINATION_ROLE_ENV, DESTINATION_PIN_ENV)
 
 
 async def _destination_view(ctx: CliContext, cluster_id: str) -> ClusterView:
