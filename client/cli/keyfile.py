@@ -128,22 +128,26 @@ def _mldsa_reference(reference: int, public: object) -> bytes:
     ):
         raise CliError("The ML-DSA key's public key is not available")
     oid = next(o for cls, o in _MLDSA_OIDS.items() if isinstance(public, cls))
-    body = (
-        _integer(1)  # v2: the public key follows the private key
-        + _tlv(0x30, _oid(oid))
-        + _tlv(0x04, _tlv(0x80, reference.to_bytes(_MLDSA_SEED_BYTES, "big")))
-        + _tlv(0x81, b"\x00" + public.public_bytes_raw())
-    )
-    return _pem("PRIVATE KEY", _tlv(0x30, body))
+    # The private key is the seed choice ([0] IMPLICIT OCTET STRING, FIPS 204 keys).
+    seed = _tlv(0x80, reference.to_bytes(_MLDSA_SEED_BYTES, "big"))
+    return _one_asymmetric_key(oid, seed, public.public_bytes_raw())
 
 
 def _ed25519_reference(reference: int, public: object) -> bytes:
     if not isinstance(public, ed25519.Ed25519PublicKey):
         raise CliError("The Ed25519 key's public key is not available")
+    # CurvePrivateKey ::= OCTET STRING (RFC 8410).
+    private = _tlv(0x04, reference.to_bytes(_ED25519_KEY_BYTES, "big"))
+    return _one_asymmetric_key(_ED25519_OID, private, public.public_bytes_raw())
+
+
+def _one_asymmetric_key(oid: str, private_key: bytes, public_key: bytes) -> bytes:
+    """A PKCS#8 v2 ``OneAsymmetricKey`` (RFC 5958) PEM: the algorithm, the (encoded)
+    private key in its OCTET STRING, and the public key as ``[1]`` BIT STRING."""
     body = (
         _integer(1)  # v2: the public key follows the private key
-        + _tlv(0x30, _oid(_ED25519_OID))
-        + _tlv(0x04, _tlv(0x04, reference.to_bytes(_ED25519_KEY_BYTES, "big")))
-        + _tlv(0x81, b"\x00" + public.public_bytes_raw())
+        + _tlv(0x30, _oid(oid))
+        + _tlv(0x04, private_key)
+        + _tlv(0x81, b"\x00" + public_key)
     )
     return _pem("PRIVATE KEY", _tlv(0x30, body))
