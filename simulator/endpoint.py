@@ -161,6 +161,11 @@ class HsmEndpoint:
     def __init__(self, hsm: HsmCore, *, executor: Executor) -> None:
         self._hsm = hsm
         self._handle_batch_of_hsm = _batch_handler(hsm)
+        # The drop-answers fault's report (simulator/faults.py), looked up once: a bare
+        # HSM has none and its batches pay nothing for it.
+        self._take_dropped: Callable[[], list[bool]] | None = getattr(
+            hsm, "take_dropped_answers", None
+        )
         self._executor = executor
         self._certificate: tuple[bytes, bytes] | None = None
         self._contexts: dict[_PolicyKey, ssl.SSLContext] = {}
@@ -283,7 +288,7 @@ class HsmEndpoint:
         results = iter(self._handle_batch(calls))
         # The drop-answers fault (simulator/faults.py): the HSM ran these requests, but
         # their connections are reset instead of answered.
-        dropped = _dropped_answers(self._hsm, len(calls))
+        dropped = _dropped_answers(self._take_dropped, len(calls))
         position = 0
         for channel, requests in served:
             wires = [_encode_response(request, *next(results)) for request in requests]
@@ -538,10 +543,9 @@ class EndpointChannel:
         )
 
 
-def _dropped_answers(hsm: HsmCore, count: int) -> list[bool] | None:
+def _dropped_answers(take: Callable[[], list[bool]] | None, count: int) -> list[bool] | None:
     """Which of the last batch's ``count`` answers a faulty HSM loses; None when it loses
     none (a bare HSM, or no drop-answers fault): the usual case costs nothing per request."""
-    take: Callable[[], list[bool]] | None = getattr(hsm, "take_dropped_answers", None)
     dropped = take() if take is not None else []
     return dropped if len(dropped) == count and any(dropped) else None
 
