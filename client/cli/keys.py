@@ -83,11 +83,20 @@ def _share_with(users: list[str] | None) -> list[str]:
     return [name.lower() for name in users or []]
 
 
-def _common_creation(args: argparse.Namespace, call_args: dict[str, Any]) -> None:
+def creation_options(
+    args: argparse.Namespace, call_args: dict[str, Any], *, manage: int | None, use: int | None
+) -> None:
+    """The options every key-creating command shares: ``--session``,
+    ``--share-crypto-users`` and the key quorum values (``manage``, ``use``: the
+    command's own ``--manage-…``/``--use-…-quorum-value``)."""
     if args.session:
         call_args["session"] = True
     if args.share_crypto_users:
         call_args["share_with"] = _share_with(args.share_crypto_users)
+    if manage is not None:
+        call_args["manage_quorum"] = key_quorum_value(manage)
+    if use is not None:
+        call_args["use_quorum"] = key_quorum_value(use)
 
 
 async def generate_symmetric(ctx: CliContext, args: argparse.Namespace, key_type: str) -> Any:
@@ -99,11 +108,9 @@ async def generate_symmetric(ctx: CliContext, args: argparse.Namespace, key_type
     attributes = parse_attribute_assignments(args.attributes, "--attributes")
     if attributes:
         call_args["attributes"] = attributes
-    _common_creation(args, call_args)
-    if args.manage_key_quorum_value is not None:
-        call_args["manage_quorum"] = key_quorum_value(args.manage_key_quorum_value)
-    if args.use_key_quorum_value is not None:
-        call_args["use_quorum"] = key_quorum_value(args.use_key_quorum_value)
+    creation_options(
+        args, call_args, manage=args.manage_key_quorum_value, use=args.use_key_quorum_value
+    )
     view = await ctx.session_view(args.cluster_id)
     result = await view.use_key(Op.KEY_GENERATE, call_args)
     return {"key": render_key(result["key"])}
@@ -134,11 +141,12 @@ async def generate_pair(
         call_args["public_attributes"] = public_attributes
     if private_attributes:
         call_args["private_attributes"] = private_attributes
-    _common_creation(args, call_args)
-    if args.manage_private_key_quorum_value is not None:
-        call_args["manage_quorum"] = key_quorum_value(args.manage_private_key_quorum_value)
-    if args.use_private_key_quorum_value is not None:
-        call_args["use_quorum"] = key_quorum_value(args.use_private_key_quorum_value)
+    creation_options(
+        args,
+        call_args,
+        manage=args.manage_private_key_quorum_value,
+        use=args.use_private_key_quorum_value,
+    )
     view = await ctx.session_view(args.cluster_id)
     result = await view.use_key(Op.KEY_GENERATE_PAIR, call_args)
     return {

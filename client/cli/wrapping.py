@@ -14,7 +14,7 @@ from typing import Any
 
 from client.cli.context import CliContext, read_input_file, write_output_file
 from client.cli.filters import parse_attribute_assignments, parse_filter
-from client.cli.keys import find_one, key_quorum_value
+from client.cli.keys import creation_options, find_one
 from client.cli.output import CliError, hex_text, key_reference_text, render_key
 from client.cli.parser import CommandGroup
 from client.cli.quorum import add_approval, read_approval
@@ -154,16 +154,11 @@ async def unwrap(ctx: CliContext, args: argparse.Namespace) -> Any:
     }
     if params:
         call_args["params"] = params
-    if args.session:
-        call_args["session"] = True
     if attributes:
         call_args["attributes"] = attributes
-    if args.share_crypto_users:
-        call_args["share_with"] = [u.lower() for u in args.share_crypto_users]
-    if args.manage_key_quorum_value is not None:
-        call_args["manage_quorum"] = key_quorum_value(args.manage_key_quorum_value)
-    if args.use_key_quorum_value is not None:
-        call_args["use_quorum"] = key_quorum_value(args.use_key_quorum_value)
+    creation_options(
+        args, call_args, manage=args.manage_key_quorum_value, use=args.use_key_quorum_value
+    )
     if approval is not None:
         call_args["approval"] = approval
     result = await view.use_key(Op.KEY_UNWRAP, call_args)
