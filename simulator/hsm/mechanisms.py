@@ -508,15 +508,19 @@ def encrypt(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any])
         raise HsmError(
             Status.DATA_LEN_RANGE, f"{mechanism} needs data in multiples of {block} bytes"
         )
-    mode: modes.Mode
-    if mechanism == "aes-ecb":
-        mode = modes.ECB()  # noqa: S305 - CKM_AES_ECB is a mechanism the HSM offers
-    elif mechanism == "aes-ctr":
-        mode = modes.CTR(_iv(args, 16, mechanism))
-    else:
-        mode = modes.CBC(_iv(args, block, mechanism))
-    enc = Cipher(_block_cipher(key), mode).encryptor()
+    enc = Cipher(_block_cipher(key), _block_mode(mechanism, args, block)).encryptor()
     return {"data": enc.update(data) + enc.finalize()}
+
+
+def _block_mode(
+    mechanism: str, args: Mapping[str, Any], block: int
+) -> modes.ECB | modes.CTR | modes.CBC:
+    """The cipher mode of a block mechanism (ECB, CTR, or CBC with or without padding)."""
+    if mechanism == "aes-ecb":
+        return modes.ECB()  # noqa: S305 - CKM_AES_ECB is a mechanism the HSM offers
+    if mechanism == "aes-ctr":
+        return modes.CTR(_iv(args, 16, mechanism))
+    return modes.CBC(_iv(args, block, mechanism))
 
 
 def decrypt(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
@@ -550,14 +554,7 @@ def decrypt(key: KeyMaterial, attrs: Mapping[str, Any], args: Mapping[str, Any])
             Status.ENCRYPTED_DATA_INVALID,
             f"{mechanism} ciphertext must be a multiple of {block} bytes",
         )
-    mode: modes.Mode
-    if mechanism == "aes-ecb":
-        mode = modes.ECB()  # noqa: S305 - CKM_AES_ECB is a mechanism the HSM offers
-    elif mechanism == "aes-ctr":
-        mode = modes.CTR(_iv(args, 16, mechanism))
-    else:
-        mode = modes.CBC(_iv(args, block, mechanism))
-    dec = Cipher(_block_cipher(key), mode).decryptor()
+    dec = Cipher(_block_cipher(key), _block_mode(mechanism, args, block)).decryptor()
     plain = dec.update(data) + dec.finalize()
     if mechanism.endswith("-pad"):
         unpadder = padding.PKCS7(block * 8).unpadder()
