@@ -684,25 +684,12 @@ class ClusterView:
 
     # -- sending --------------------------------------------------------------------------
 
-    async def _call_member(self, member: HsmMember, op: str, args: dict[str, Any]) -> Any:
-        """One request on one HSM; a ``key.find`` answered in pages is read to its end on
-        that HSM and returned whole."""
-        result = await self._request(member, op, args)
-        if op != Op.KEY_FIND or not isinstance(result, dict):
-            return result
-        keys = list(result.get("keys") or ())
-        page = result
-        while isinstance(after := page.get("next_after"), int):
-            page = await self._request(member, op, {**args, "after": after})
-            if not isinstance(page, dict):
-                raise ProtocolViolation(f"HSM {member.name} answered a key.find page with {page!r}")
-            keys.extend(page.get("keys") or ())
-        whole = {name: value for name, value in result.items() if name != "next_after"}
-        whole["keys"] = keys
-        return whole
-
-    async def _request(self, member: HsmMember, op: str, args: dict[str, Any]) -> Any:
-        """One request on one HSM, with busy retries; a broken channel marks the HSM down."""
+    async def _call_member(
+        self, member: HsmMember, op: str, args: dict[str, Any], *, whole: bool = True
+    ) -> Any:
+        """One request on one HSM, with busy retries; a broken channel marks the HSM down.
+        A ``key.find`` answered in pages is read to its end on that HSM and returned whole
+        (``whole=False``: one page only)."""
         attempt = 0
         backoff = BUSY_BACKOFF
         while True:
@@ -713,7 +700,6 @@ class ClusterView:
             try:
                 result = await connection.call(op, args)
                 member.served += 1
-                return result
             except HsmStatusError as exc:
                 member.served += 1
                 busy = exc.status == Status.BUSY
@@ -728,9 +714,31 @@ class ClusterView:
                 if error is exc:
                     raise
                 raise error from None
+            else:
+                break
             finally:
                 member.outstanding -= 1
             await asyncio.sleep(backoff)
+        if whole and op == Op.KEY_FIND and isinstance(result, dict) and "next_after" in result:
+            return await self._remaining_pages(member, args, result)
+        return result
+
+    async def _remaining_pages(
+        self, member: HsmMember, args: dict[str, Any], first: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``first`` (a full ``key.find`` page) with every page after it, as one answer."""
+        keys = list(first.get("keys") or ())
+        page = first
+        while isinstance(after := page.get("next_after"), int):
+            page = await self._call_member(
+                member, Op.KEY_FIND, {**args, "after": after}, whole=False
+            )
+            if not isinstance(page, dict):
+                raise ProtocolViolation(f"HSM {member.name} answered a key.find page with {page!r}")
+            keys.extend(page.get("keys") or ())
+        whole = {name: value for name, value in first.items() if name != "next_after"}
+        whole["keys"] = keys
+        return whole
 
     async def call(
         self, op: str, args: dict[str, Any] | None = None, *, member: HsmMember | None = None
